@@ -1,0 +1,413 @@
+"""The dense HuBERT encoder: teacher, stage-1 student and every exported subnet.
+
+One implementation serves every fixed-shape model in the package. Heads and FFN widths are
+per layer, so an exported non-uniform subnet is an ordinary `HuBERT`. The supernet
+(`supernet.LightHuBERT`) is this same module tree built from elastic layers.
+
+Module attributes follow fairseq's keys (`post_extract_proj`, `encoder.pos_conv.0`,
+`encoder.layers.{i}.self_attn.q_proj`, `fc1`, `layer_pred_heads`), so the encoder of an
+official checkpoint loads as is; only the conv front end's keys are renamed (`convert.py`).
+
+Shapes: `B` batch, `N` samples, `T` frames, `E` embed dim, `C` conv channels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_DEFAULT_CONV = [[512, 10, 5]] + [[512, 3, 2]] * 4 + [[512, 2, 2]] * 2
+
+
+@dataclass
+class ModelConfig:
+    """Shape and behaviour of a HuBERT-style encoder (fairseq's `HubertConfig`, trimmed)."""
+
+    conv_layers: list = field(default_factory=lambda: [list(c) for c in _DEFAULT_CONV])  # [channels, kernel, stride] per block; official: conv_feature_layers
+    extractor_mode: str = "layer_norm"  # "layer_norm" (LightHuBERT, HuBERT Large) or "default" (GroupNorm in block 0, HuBERT Base)
+    conv_bias: bool = False  # bias in the conv front end
+    embed_dim: int = 768  # official: encoder_embed_dim
+    heads: list = field(default_factory=lambda: [12] * 12)  # attention heads per layer; official: encoder_attention_heads
+    ffn_dim: list = field(default_factory=lambda: [3072] * 12)  # FFN width per layer; official: encoder_ffn_embed_dim
+    head_dim: int = 64  # width of one attention head (fixed at 64 in LightHuBERT)
+    conv_pos: int = 128  # positional conv kernel size
+    conv_pos_groups: int = 16  # positional conv groups
+    layer_norm_first: bool = False  # pre-LN layers (False: post-LN, as HuBERT Base and LightHuBERT)
+    pred_dim: int = 768  # width of the distillation prediction head; 0 for none; official: teacher_embed_dim
+    normalize: bool = True  # expects per-utterance normalised waveforms (official task.normalize)
+    dropout: float = 0.1  # dropout after attention, FFN and on the encoder input
+    activation_dropout: float = 0.0  # dropout inside the FFN
+    layerdrop: float = 0.0  # probability of skipping a layer in training; official: encoder_layerdrop
+    dropout_input: float = 0.0  # dropout on the projected features
+    feature_grad_mult: float = 1.0  # gradient scale of the conv front end (0 freezes it)
+    required_seq_len_multiple: int = 2  # frames padded to a multiple of this before the layers
+
+    def __post_init__(self) -> None:
+        self.conv_layers = [list(map(int, c)) for c in self.conv_layers]
+        self.heads = [int(h) for h in self.heads]
+        self.ffn_dim = [int(f) for f in self.ffn_dim]
+        if any(len(c) != 3 for c in self.conv_layers) or not self.conv_layers:
+            raise ValueError(f"conv_layers must be a non-empty list of [channels, kernel, stride], got {self.conv_layers}")
+        if self.extractor_mode not in ("layer_norm", "default"):
+            raise ValueError(f"extractor_mode must be 'layer_norm' or 'default', got {self.extractor_mode!r}")
+        if len(self.heads) != len(self.ffn_dim) or not self.heads:
+            raise ValueError(
+                f"heads and ffn_dim need one entry per layer, got {len(self.heads)} and {len(self.ffn_dim)}"
+            )
+        if self.embed_dim % self.conv_pos_groups:
+            raise ValueError(f"embed_dim {self.embed_dim} must be divisible by conv_pos_groups {self.conv_pos_groups}")
+        if min(self.heads) < 1 or min(self.ffn_dim) < 1 or self.embed_dim < 1:
+            raise ValueError("embed_dim, heads and ffn_dim must be positive")
+
+    @property
+    def depth(self) -> int:
+        return len(self.heads)
+
+    @property
+    def conv_dim(self) -> int:
+        return self.conv_layers[-1][0]
+
+    def asdict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        """Builds a config from `asdict()` output; an unknown key is an error, not ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig key(s) {unknown}; expected a subset of {sorted(names)}")
+        return cls(**d)
+
+
+def dense_linear(in_features: int, out_features: int, bias: bool = True, in_blocks: int = 1, out_blocks: int = 1) -> nn.Linear:
+    """nn.Linear with the elastic constructor's signature; the block layout only matters there."""
+    return nn.Linear(in_features, out_features, bias)
+
+
+class ConvBlock(nn.Module):
+    """One conv front-end block, channels-last: conv -> [LayerNorm | GroupNorm] -> GELU.
+
+    The conv runs as matrix products on strided views of a (B, N, C) tensor instead of
+    `nn.Conv1d` on (B, C, N): no transposes around the LayerNorm, and about 1.5x faster on CPU
+    (benchmarks/bench_extract.py). Weights keep `nn.Conv1d`'s layout (C_out, C_in, k).
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, norm: str, bias: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(c_in, c_out, kernel, stride=stride, bias=bias)
+        nn.init.kaiming_normal_(self.conv.weight)
+        self.norm: Optional[nn.Module] = None
+        if norm == "layer_norm":
+            self.norm = nn.LayerNorm(c_out)
+        elif norm == "group_norm":
+            self.norm = nn.GroupNorm(c_out, c_out)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, N, C_in) -> (B, T, C_out)
+        w, b = self.conv.weight, self.conv.bias
+        k, s = self.conv.kernel_size[0], self.conv.stride[0]
+        bsz, n, c = x.shape
+        t = (n - k) // s + 1
+        if t < 1:
+            raise ValueError(f"input of {n} steps is shorter than the conv kernel ({k})")
+        if c == 1:  # first block: materialising the windows is cheap with one channel
+            y = F.linear(x[..., 0].unfold(1, k, s), w[:, 0, :], b)
+        elif k <= s:  # non-overlapping windows are a plain strided view
+            win = x.as_strided((bsz, t, k * c), (x.stride(0), s * c, 1))
+            y = F.linear(win, w.permute(0, 2, 1).reshape(w.size(0), k * c), b)
+        else:  # overlapping windows: one product per kernel tap
+            y = F.linear(x[:, : s * (t - 1) + 1 : s], w[:, :, 0], b)
+            for j in range(1, k):
+                y = y + F.linear(x[:, j : j + s * (t - 1) + 1 : s], w[:, :, j])
+        if isinstance(self.norm, nn.LayerNorm):
+            y = _fp32(self.norm, y)
+        elif isinstance(self.norm, nn.GroupNorm):
+            y = _fp32(self.norm, y.transpose(1, 2)).transpose(1, 2)
+        return F.gelu(y)
+
+
+def _fp32(norm: nn.Module, x: Tensor) -> Tensor:
+    """Normalisation in float32 (fairseq's Fp32LayerNorm / Fp32GroupNorm) for half inputs."""
+    if x.dtype == torch.float32:
+        return norm(x)
+    return F.layer_norm(x.float(), norm.normalized_shape, norm.weight.float(), norm.bias.float(), norm.eps).type_as(x) \
+        if isinstance(norm, nn.LayerNorm) else \
+        F.group_norm(x.float(), norm.num_groups, norm.weight.float(), norm.bias.float(), norm.eps).type_as(x)
+
+
+class FeatureExtractor(nn.Module):
+    """wav2vec 2.0 / HuBERT conv front end: waveform (B, N) -> frames (B, T, C)."""
+
+    def __init__(self, conv_layers: list, mode: str, bias: bool) -> None:
+        super().__init__()
+        blocks, c_in = [], 1
+        for i, (c, k, s) in enumerate(conv_layers):
+            norm = "layer_norm" if mode == "layer_norm" else ("group_norm" if i == 0 else "none")
+            blocks.append(ConvBlock(c_in, c, k, s, norm, bias))
+            c_in = c
+        self.conv_layers = nn.ModuleList(blocks)
+
+    def forward(self, wav: Tensor) -> Tensor:  # (B, N) -> (B, T, C)
+        x = wav.unsqueeze(-1)
+        for block in self.conv_layers:
+            x = block(x)
+        return x
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        """Frames produced from `lengths` samples (B,), as torchaudio's `_get_feat_extract_output_lengths`."""
+        for block in self.conv_layers:
+            k, s = block.conv.kernel_size[0], block.conv.stride[0]
+            lengths = torch.div(lengths - k, s, rounding_mode="floor") + 1
+        return lengths.clamp(min=0)
+
+
+class PosConv(nn.Module):
+    """Weight-normed grouped conv positional embedding -> SamePad -> GELU, on (B, T, E).
+
+    Holds fairseq's `weight_g` (1, 1, k) and `weight_v` (E, E/groups, k) directly (weight
+    norm over all dims but the kernel one, `dim=2`), so official keys load unchanged; the
+    `parametrizations.weight.original0/1` spelling is mapped in `convert.py`.
+    """
+
+    def __init__(self, embed_dim: int, kernel: int, groups: int) -> None:
+        super().__init__()
+        self.kernel, self.groups = kernel, groups
+        v = torch.randn(embed_dim, embed_dim // groups, kernel) * math.sqrt(4.0 / (kernel * embed_dim))
+        self.weight_v = nn.Parameter(v)
+        self.weight_g = nn.Parameter(v.norm(dim=(0, 1), keepdim=True))
+        self.bias = nn.Parameter(torch.zeros(embed_dim))
+
+    def full_weight(self) -> Tensor:
+        """weight = g * v / ||v||, norms over (out, in) for each kernel tap, as `weight_norm(dim=2)`."""
+        return self.weight_v * (self.weight_g / self.weight_v.norm(dim=(0, 1), keepdim=True))
+
+    def conv(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:  # (B, T, E) -> (B, T, E)
+        y = F.conv1d(x.transpose(1, 2), weight, bias, padding=self.kernel // 2, groups=self.groups)
+        if self.kernel % 2 == 0:  # fairseq's SamePad drops the extra frame of an even kernel
+            y = y[..., :-1]
+        return F.gelu(y).transpose(1, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x, self.full_weight(), self.bias)
+
+
+@dataclass(frozen=True)
+class Ops:
+    """Constructors of the layers that the supernet makes elastic; dense by default."""
+
+    linear: Callable[..., nn.Linear] = dense_linear
+    layer_norm: Callable[..., nn.LayerNorm] = nn.LayerNorm
+    pos_conv: Callable[..., PosConv] = PosConv
+
+
+DENSE = Ops()
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention; the head count follows the width of `q_proj`'s output.
+
+    Deriving the heads from the projected width lets the elastic model switch heads by
+    slicing `q/k/v_proj` alone (prefix heads, as the official `SMHA`). fairseq's attention
+    dropout is not applied: the official LightHuBERT never applies it either.
+    """
+
+    def __init__(self, embed_dim: int, heads: int, head_dim: int, ops: Ops = DENSE) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        inner = heads * head_dim
+        self.k_proj = ops.linear(embed_dim, inner)
+        self.v_proj = ops.linear(embed_dim, inner)
+        self.q_proj = ops.linear(embed_dim, inner)
+        self.out_proj = ops.linear(inner, embed_dim)
+        for proj in (self.k_proj, self.v_proj, self.q_proj):
+            nn.init.xavier_uniform_(proj.weight, gain=1 / math.sqrt(2))
+        nn.init.xavier_uniform_(self.out_proj.weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor]) -> Tensor:  # (B, T, E) -> (B, T, E)
+        bsz, t, _ = x.shape
+        q, k, v = (p(x).view(bsz, t, -1, self.head_dim).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        mask = None if padding_mask is None else ~padding_mask[:, None, None, :]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out_proj(y.transpose(1, 2).reshape(bsz, t, -1))
+
+
+class EncoderLayer(nn.Module):
+    """Transformer layer; post-LN (HuBERT Base) or pre-LN. Returns the FFN output too.
+
+    The FFN output before the residual (`layer_result`) is what LightHuBERT's and data2vec's
+    targets average (reference notes §2.4).
+    """
+
+    def __init__(self, embed_dim: int, heads: int, head_dim: int, ffn_dim: int, cfg: ModelConfig, ops: Ops = DENSE) -> None:
+        super().__init__()
+        self.layer_norm_first = cfg.layer_norm_first
+        self.self_attn = SelfAttention(embed_dim, heads, head_dim, ops)
+        self.self_attn_layer_norm = ops.layer_norm(embed_dim)
+        # FFN units come in blocks of embed_dim (the official SLinear splits); see ElasticLinear.
+        blocks = max(ffn_dim // embed_dim, 1)
+        self.fc1 = ops.linear(embed_dim, ffn_dim, out_blocks=blocks)
+        self.fc2 = ops.linear(ffn_dim, embed_dim, in_blocks=blocks)
+        self.final_layer_norm = ops.layer_norm(embed_dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.activation_dropout = nn.Dropout(cfg.activation_dropout)
+        for fc in (self.fc1, self.fc2):
+            nn.init.normal_(fc.weight, std=0.02)
+            nn.init.zeros_(fc.bias)
+
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        residual = x
+        if self.layer_norm_first:
+            x = residual + self.dropout(self.self_attn(self.self_attn_layer_norm(x), padding_mask))
+            residual = x
+            ffn = self._ffn(self.final_layer_norm(x))
+            return residual + self.dropout(ffn), ffn
+        x = self.self_attn_layer_norm(residual + self.dropout(self.self_attn(x, padding_mask)))
+        ffn = self._ffn(x)
+        return self.final_layer_norm(x + self.dropout(ffn)), ffn
+
+    def _ffn(self, x: Tensor) -> Tensor:
+        h = self.fc1(x)
+        h = F.gelu(h.float()).type_as(h)  # fairseq's gelu runs in float32
+        return self.fc2(self.activation_dropout(h))
+
+
+class Encoder(nn.Module):
+    """Positional conv, LayerNorm and the Transformer layers; runs the layers in `kept_layers`."""
+
+    def __init__(self, cfg: ModelConfig, ops: Ops = DENSE) -> None:
+        super().__init__()
+        # A Sequential of one, so the key is fairseq's `encoder.pos_conv.0.*`.
+        self.pos_conv = nn.Sequential(ops.pos_conv(cfg.embed_dim, cfg.conv_pos, cfg.conv_pos_groups))
+        self.layer_norm = ops.layer_norm(cfg.embed_dim)
+        self.layers = nn.ModuleList(
+            EncoderLayer(cfg.embed_dim, h, cfg.head_dim, f, cfg, ops) for h, f in zip(cfg.heads, cfg.ffn_dim)
+        )
+        self.layer_norm_first = cfg.layer_norm_first
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layerdrop = cfg.layerdrop
+        self.multiple = cfg.required_seq_len_multiple
+        self.kept_layers: list[int] = list(range(cfg.depth))
+
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """Runs the layers on (B, T, E) frames.
+
+        Returns:
+            Each kept layer's output and its FFN output (`layer_result`), each (B, T, E).
+        """
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        x = x + self.pos_conv(x)
+        if not self.layer_norm_first:
+            x = self.layer_norm(x)
+        t = x.size(1)
+        pad = -t % self.multiple
+        if pad:  # fairseq pads to a multiple of 2 frames (an fp16 speed-up) and masks the pad
+            x = F.pad(x, (0, 0, 0, pad))
+            if padding_mask is None:
+                padding_mask = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
+                padding_mask[:, t:] = True
+            else:
+                padding_mask = F.pad(padding_mask, (0, pad), value=True)
+        x = self.dropout(x)
+        outputs, ffns = [], []
+        for i in self.kept_layers:
+            if self.training and self.layerdrop > 0 and torch.rand(()) < self.layerdrop:
+                continue
+            x, ffn = self.layers[i](x, padding_mask)
+            outputs.append(x[:, :t])
+            ffns.append(ffn[:, :t])
+        if self.layer_norm_first and outputs:
+            outputs[-1] = self.layer_norm(outputs[-1])
+        return outputs, ffns
+
+
+class Features(NamedTuple):
+    """What `HuBERT.forward` returns.
+
+    `hidden_states[0]` is the `post_extract_proj` output (the official LightHuBERT
+    convention, before the positional conv) and `hidden_states[i]` the output of layer i.
+    """
+
+    hidden_states: list  # 1 + depth tensors, each (B, T, E)
+    layer_results: list  # each layer's FFN output before the residual, (B, T, E)
+    padding_mask: Optional[Tensor]  # (B, T), True at padded frames; None without padding
+    prediction: Optional[Tensor]  # prediction head on the last layer, (B, T, pred_dim)
+
+
+class HuBERT(nn.Module):
+    """A HuBERT / LightHuBERT encoder of fixed shape (per-layer heads and FFN widths)."""
+
+    def __init__(self, cfg: ModelConfig, ops: Ops = DENSE) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.feature_extractor = FeatureExtractor(cfg.conv_layers, cfg.extractor_mode, cfg.conv_bias)
+        self.layer_norm = nn.LayerNorm(cfg.conv_dim)
+        self.post_extract_proj = ops.linear(cfg.conv_dim, cfg.embed_dim)
+        self.dropout_input = nn.Dropout(cfg.dropout_input)
+        self.mask_emb = nn.Parameter(torch.rand(cfg.embed_dim))
+        self.encoder = Encoder(cfg, ops)
+        # The official head reads the last layer whatever the depth and is keyed by it.
+        self.layer_pred_heads = nn.ModuleDict()
+        if cfg.pred_dim:
+            self.layer_pred_heads[str(cfg.depth - 1)] = ops.linear(cfg.embed_dim, cfg.pred_dim, bias=False)
+
+    def frame_lengths(self, lengths: Tensor) -> Tensor:
+        """Frames per utterance for `lengths` samples (B,)."""
+        return self.feature_extractor.output_lengths(lengths)
+
+    def forward(self, wav: Tensor, lengths: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Features:
+        """Encodes a batch of waveforms.
+
+        Args:
+            wav: (B, N) 16 kHz audio, already normalised if `cfg.normalize`; padded at the end.
+            lengths: (B,) valid samples per utterance; None when nothing is padded. A frame
+                is valid when its whole receptive field is, so a padded batch gives the same
+                valid frames as one utterance at a time.
+            mask: (B, T) frames to replace by `mask_emb` (masked prediction), or None.
+
+        Returns:
+            `Features` with every hidden state, FFN output, padding mask and prediction.
+        """
+        if self.cfg.feature_grad_mult > 0:
+            x = self.feature_extractor(wav)
+            if self.cfg.feature_grad_mult != 1.0 and x.requires_grad:
+                x = _GradScale.apply(x, self.cfg.feature_grad_mult)
+        else:
+            with torch.no_grad():
+                x = self.feature_extractor(wav)
+        x = self.layer_norm(x)
+        padding_mask = None
+        if lengths is not None:
+            frames = self.frame_lengths(lengths.to(x.device))
+            padding_mask = torch.arange(x.size(1), device=x.device)[None, :] >= frames[:, None]
+            if not padding_mask.any():
+                padding_mask = None
+        x = self.dropout_input(self.post_extract_proj(x))
+        if mask is not None:
+            x = torch.where(mask.unsqueeze(-1), self.mask_emb[: x.size(-1)].to(x.dtype), x)
+        outputs, ffns = self.encoder(x, padding_mask)
+        prediction = None
+        if len(self.layer_pred_heads):
+            (head,) = self.layer_pred_heads.values()
+            prediction = head(outputs[-1])
+        return Features([x] + outputs, ffns, padding_mask, prediction)
+
+
+class _GradScale(torch.autograd.Function):
+    """Scales the gradient only (fairseq's GradMultiply), for `feature_grad_mult`."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad * ctx.scale, None

@@ -1,0 +1,365 @@
+"""Search spaces, subnet configs, sampling, depth maps, and parameter / MAC counts.
+
+A `SearchSpace` pairs the supernet's maximum shape (a `ModelConfig`) with the choices a
+subnet may take: embed dim, heads and FFN ratio per layer, and depth. The official spaces
+(`base`, `small`; reference notes §3) share one 768-wide, 12-layer supernet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import yaml
+
+from .model import ModelConfig
+
+def depth_map(max_depth: int, depth: int) -> tuple[int, ...]:
+    """Indices of the supernet layers a subnet of `depth` layers keeps.
+
+    The rule behind the official 12-layer table ("layer block: 1-4, 5-8, 9-12"), for any
+    depth: split the layers into 3 contiguous blocks (as `numpy.array_split`) and drop layers
+    cycling over the blocks from last to first, each time the block's last remaining layer
+    but never its first; the blocks' first layers go last, last block first. For 12 layers it
+    reproduces the official `depth_maps` (e.g. depth 10 keeps 0-6, 8, 9, 10), which its
+    checkpoints need.
+    """
+    if not 1 <= depth <= max_depth:
+        raise ValueError(f"depth must be in 1..{max_depth}, got {depth}")
+    rank = {}  # layer -> (round in which it is dropped, -block)
+    for b, block in enumerate(np.array_split(np.arange(max_depth), min(3, max_depth))):
+        for p, layer in enumerate(block):
+            rank[int(layer)] = (len(block) - 1 - p if p else max_depth, -b)
+    dropped = sorted(rank, key=rank.get)[: max_depth - depth]
+    return tuple(i for i in range(max_depth) if i not in dropped)
+
+
+@dataclass(frozen=True)
+class SubnetConfig:
+    """One subnet: global embed dim, per-layer heads and FFN widths; depth = len(heads).
+
+    Frozen so that it can key caches. The official dict (`atten_dim`, `embed_dim`,
+    `ffn_embed`, `heads_num`, `layer_num`, `slide_wsz`) is read and written by
+    `from_official` / `to_official`.
+    """
+
+    embed_dim: int  # width of every layer's input and output
+    heads: tuple  # attention heads of each kept layer
+    ffn_dim: tuple  # FFN width of each kept layer
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "heads", tuple(int(h) for h in self.heads))
+        object.__setattr__(self, "ffn_dim", tuple(int(f) for f in self.ffn_dim))
+        if len(self.heads) != len(self.ffn_dim) or not self.heads:
+            raise ValueError(f"heads and ffn_dim need one entry per layer, got {len(self.heads)} and {len(self.ffn_dim)}")
+
+    @property
+    def depth(self) -> int:
+        return len(self.heads)
+
+    @property
+    def is_uniform(self) -> bool:
+        return len(set(self.heads)) == 1 and len(set(self.ffn_dim)) == 1
+
+    @classmethod
+    def from_official(cls, d: dict[str, Any], head_dim: int = 64) -> "SubnetConfig":
+        """Reads the official subnet dict; checks list lengths against `layer_num` and atten_dim = 64*heads."""
+        required = ("embed_dim", "heads_num", "ffn_embed", "layer_num")
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise ValueError(f"subnet is missing {missing}; expected the keys {list(required)} (+ atten_dim, slide_wsz)")
+        known = set(required) | {"atten_dim", "slide_wsz", "ffn_ratio"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown subnet key(s) {unknown}; expected {sorted(known)}")
+        n = d["layer_num"]
+        for key in ("heads_num", "ffn_embed", "atten_dim", "slide_wsz"):
+            if key in d and len(d[key]) != n:
+                raise ValueError(f"subnet {key} has {len(d[key])} entries but layer_num is {n}")
+        if "atten_dim" in d:
+            bad = [i for i, (a, h) in enumerate(zip(d["atten_dim"], d["heads_num"])) if a != head_dim * h]
+            if bad:
+                i = bad[0]
+                raise ValueError(
+                    f"subnet atten_dim[{i}] = {d['atten_dim'][i]} must equal {head_dim} * heads_num[{i}] = {head_dim * d['heads_num'][i]}"
+                )
+        if any(w not in ("global", None) for w in d.get("slide_wsz", [])):
+            raise ValueError("subnet slide_wsz must be 'global': sliding-window attention is not in any search space")
+        return cls(d["embed_dim"], tuple(d["heads_num"]), tuple(d["ffn_embed"]))
+
+    def to_official(self, head_dim: int = 64) -> dict[str, Any]:
+        return {
+            "atten_dim": [head_dim * h for h in self.heads],
+            "embed_dim": self.embed_dim,
+            "ffn_embed": list(self.ffn_dim),
+            "heads_num": list(self.heads),
+            "layer_num": self.depth,
+            "slide_wsz": ["global"] * self.depth,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_official())
+
+    @classmethod
+    def parse(cls, text: str) -> "SubnetConfig":
+        """Reads a JSON object (official dict, or ours: embed_dim/heads/ffn_dim) from a string."""
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"subnet is not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"subnet JSON must be an object, got {type(d).__name__}")
+        if "heads" in d or "ffn_dim" in d:
+            unknown = sorted(set(d) - {"embed_dim", "heads", "ffn_dim"})
+            if unknown:
+                raise ValueError(f"unknown subnet key(s) {unknown}; expected embed_dim, heads, ffn_dim")
+            return cls(d["embed_dim"], tuple(d["heads"]), tuple(d["ffn_dim"]))
+        return cls.from_official(d)
+
+    def describe(self) -> str:
+        """Short text such as `e640 h10 f2560 x12` (uniform) or `e640 h[8,10,...] f[...] x12`."""
+        h = str(self.heads[0]) if len(set(self.heads)) == 1 else "[" + ",".join(map(str, self.heads)) + "]"
+        f = str(self.ffn_dim[0]) if len(set(self.ffn_dim)) == 1 else "[" + ",".join(map(str, self.ffn_dim)) + "]"
+        return f"e{self.embed_dim} h{h} f{f} x{self.depth}"
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The choices of a once-for-all supernet and the maximum shape that holds them.
+
+    `ffn_dim` of a layer is `int(ratio * embed_dim)` for a ratio in `ffn_ratios`, as the
+    official sampler computes it.
+    """
+
+    name: str  # "base", "small" or a custom name
+    model: ModelConfig  # the supernet's maximum shape (every subnet is a slice of it)
+    embed_dims: tuple  # choices of embed_dim
+    heads: tuple  # choices of heads per layer
+    ffn_ratios: tuple  # choices of FFN ratio per layer
+    depths: tuple  # choices of depth
+    default: SubnetConfig = field(default=None)  # the space's named default subnet (None: the max)
+
+    def __post_init__(self) -> None:
+        for name in ("embed_dims", "heads", "ffn_ratios", "depths"):
+            object.__setattr__(self, name, tuple(sorted(getattr(self, name))))
+            if not getattr(self, name):
+                raise ValueError(f"search space {self.name!r}: {name} must not be empty")
+        m = self.model
+        if len(set(m.heads)) != 1 or len(set(m.ffn_dim)) != 1:
+            raise ValueError("a supernet needs the same heads and FFN width in every layer")
+        checks = [
+            ("embed_dims", max(self.embed_dims) <= m.embed_dim and all(e % m.conv_pos_groups == 0 for e in self.embed_dims),
+             f"at most {m.embed_dim} and multiples of {m.conv_pos_groups}"),
+            ("heads", max(self.heads) <= m.heads[0] and min(self.heads) > 0, f"in 1..{m.heads[0]}"),
+            ("ffn_ratios", max(self.ffn_ratios) * max(self.embed_dims) <= m.ffn_dim[0] and min(self.ffn_ratios) > 0,
+             f"positive with ratio * max embed_dim <= {m.ffn_dim[0]}"),
+            ("depths", max(self.depths) <= m.depth and min(self.depths) > 0, f"in 1..{m.depth}"),
+        ]
+        for name, ok, allowed in checks:
+            if not ok:
+                raise ValueError(f"search space {self.name!r}: {name} {getattr(self, name)} must be {allowed}")
+        if m.ffn_dim[0] % m.embed_dim:
+            raise ValueError(f"search space {self.name!r}: the supernet FFN width {m.ffn_dim[0]} must be a multiple of embed_dim {m.embed_dim}")
+        if self.default is None:
+            object.__setattr__(self, "default", self.max())
+        else:
+            self.validate(self.default)
+
+    # -- presets -------------------------------------------------------------------------------
+    @classmethod
+    def base(cls) -> "SearchSpace":
+        """Official `base` space: 6,530,347,008 subnets; default e640 h10 f2560 x12."""
+        return cls("base", ModelConfig(), (512, 640, 768), (8, 10, 12), (3.5, 4.0), (12,),
+                   SubnetConfig(640, (10,) * 12, (2560,) * 12))
+
+    @classmethod
+    def small(cls) -> "SearchSpace":
+        """Official `small` space (a slice of the same 768-wide supernet); default e384 h6 f1536 x12."""
+        return cls("small", ModelConfig(), (256, 384, 512), (4, 6, 8), (3.0, 3.5, 4.0), (10, 11, 12),
+                   SubnetConfig(384, (6,) * 12, (1536,) * 12))
+
+    @classmethod
+    def named(cls, name: str) -> "SearchSpace":
+        if name == "base":
+            return cls.base()
+        if name == "small":
+            return cls.small()
+        if Path(name).is_file():
+            return cls.from_yaml(name)
+        raise ValueError(f"unknown search space {name!r}: use 'base', 'small' or a YAML file")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], name: str = "custom") -> "SearchSpace":
+        """Reads `{supernet: ModelConfig fields, search_space: {embed_dim, heads, ffn_ratio, depth}, default: subnet}`."""
+        unknown = sorted(set(d) - {"name", "supernet", "search_space", "default"})
+        if unknown:
+            raise ValueError(f"unknown search-space section(s) {unknown}; expected supernet, search_space, default")
+        if "search_space" not in d:
+            raise ValueError("a search-space file needs a 'search_space' section")
+        model = ModelConfig.from_dict(d.get("supernet") or {})
+        s = d["search_space"]
+        keys = {"embed_dim", "heads", "ffn_ratio", "depth"}
+        if set(s) != keys:
+            raise ValueError(f"search_space must have exactly the keys {sorted(keys)}, got {sorted(s)}")
+        default = d.get("default")
+        if default is not None:
+            default = SubnetConfig.parse(json.dumps(default))
+        return cls(d.get("name", name), model, tuple(s["embed_dim"]), tuple(s["heads"]), tuple(float(r) for r in s["ffn_ratio"]),
+                   tuple(s["depth"]), default)
+
+    @classmethod
+    def from_yaml(cls, path: Union[str, Path]) -> "SearchSpace":
+        with open(path) as f:
+            d = yaml.safe_load(f)
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a YAML mapping with supernet / search_space sections")
+        return cls.from_dict(d, name=Path(path).stem)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "supernet": self.model.asdict(),
+            "search_space": {"embed_dim": list(self.embed_dims), "heads": list(self.heads),
+                             "ffn_ratio": list(self.ffn_ratios), "depth": list(self.depths)},
+            "default": {"embed_dim": self.default.embed_dim, "heads": list(self.default.heads),
+                        "ffn_dim": list(self.default.ffn_dim)},
+        }
+
+    # -- subnets -------------------------------------------------------------------------------
+    def _subnet(self, e: int, h: int, r: float, d: int) -> SubnetConfig:
+        return SubnetConfig(e, (h,) * d, (int(r * e),) * d)
+
+    def max(self) -> SubnetConfig:
+        return self._subnet(max(self.embed_dims), max(self.heads), max(self.ffn_ratios), max(self.depths))
+
+    def min(self) -> SubnetConfig:
+        return self._subnet(min(self.embed_dims), min(self.heads), min(self.ffn_ratios), min(self.depths))
+
+    def subnet(self, spec: Union[str, SubnetConfig, dict]) -> SubnetConfig:
+        """Resolves `default`, `max`, `min`, a JSON file, a JSON string or a dict; validated."""
+        if isinstance(spec, SubnetConfig):
+            sub = spec
+        elif isinstance(spec, dict):
+            sub = SubnetConfig.parse(json.dumps(spec))
+        elif spec in ("default", "max", "min"):
+            sub = {"default": self.default, "max": self.max(), "min": self.min()}[spec]
+        elif spec.lstrip().startswith("{"):
+            sub = SubnetConfig.parse(spec)
+        elif Path(spec).is_file():
+            sub = SubnetConfig.parse(Path(spec).read_text())
+        else:
+            raise ValueError(f"subnet {spec!r} is not 'default', 'max', 'min', a JSON file or a JSON object")
+        self.validate(sub)
+        return sub
+
+    def validate(self, sub: SubnetConfig) -> None:
+        """Raises ValueError naming the field and the allowed values when `sub` is outside the space."""
+        if sub.embed_dim not in self.embed_dims:
+            raise ValueError(f"embed_dim {sub.embed_dim} is not in the {self.name} space; allowed: {list(self.embed_dims)}")
+        if sub.depth not in self.depths:
+            raise ValueError(f"depth (layer_num) {sub.depth} is not in the {self.name} space; allowed: {list(self.depths)}")
+        for i, h in enumerate(sub.heads):
+            if h not in self.heads:
+                raise ValueError(f"heads[{i}] = {h} is not in the {self.name} space; allowed: {list(self.heads)}")
+        allowed_ffn = [int(r * sub.embed_dim) for r in self.ffn_ratios]
+        for i, f in enumerate(sub.ffn_dim):
+            if f not in allowed_ffn:
+                raise ValueError(
+                    f"ffn_dim[{i}] = {f} is not in the {self.name} space for embed_dim {sub.embed_dim}; "
+                    f"allowed: {allowed_ffn} (ratios {list(self.ffn_ratios)})"
+                )
+
+    def sample(self, rng: random.Random) -> SubnetConfig:
+        """Uniform sample in the official order (depth, embed, FFN ratio per layer, heads per layer).
+
+        With `rng = random.Random(s)` it draws what the official `sample_subnet()` draws after
+        `random.seed(s)`.
+        """
+        d = rng.choice(self.depths)
+        e = rng.choice(self.embed_dims)
+        ffn = tuple(int(rng.choice(self.ffn_ratios) * e) for _ in range(d))
+        heads = tuple(rng.choice(self.heads) for _ in range(d))
+        return SubnetConfig(e, heads, ffn)
+
+    @property
+    def num_subnets(self) -> int:
+        """len(embed) * sum over depths d of (len(ratios) * len(heads))^d."""
+        return len(self.embed_dims) * sum((len(self.ffn_ratios) * len(self.heads)) ** d for d in self.depths)
+
+    def kept_layers(self, depth: int) -> tuple[int, ...]:
+        return depth_map(self.model.depth, depth)
+
+    def model_config(self, sub: SubnetConfig) -> ModelConfig:
+        """The `ModelConfig` of the dense model that `sub` exports to."""
+        return dataclasses.replace(self.model, embed_dim=sub.embed_dim, heads=list(sub.heads), ffn_dim=list(sub.ffn_dim))
+
+
+# -- counting ------------------------------------------------------------------------------------
+def count_params(cfg: ModelConfig) -> int:
+    """Parameters of a dense model as the official `calc_sampled_param_num` counts them.
+
+    Counts the conv front end, its norms, the feature LayerNorm, `mask_emb` at the
+    supernet's full width (`mask_width`, the official count does not slice it),
+    `post_extract_proj`, the positional conv (`weight_g` not counted), the encoder LayerNorm
+    and the layers; the prediction head is excluded. Closed form, no model is built.
+    """
+    return _count(cfg, cfg.embed_dim)
+
+
+def count_subnet_params(space: SearchSpace, sub: SubnetConfig) -> int:
+    """Official parameter count of `sub` (base default: 66,897,664)."""
+    return _count(space.model_config(sub), space.model.embed_dim)
+
+
+def _count(cfg: ModelConfig, mask_width: int) -> int:
+    total, c_in = 0, 1
+    for i, (c, k, _s) in enumerate(cfg.conv_layers):
+        total += c * c_in * k + (c if cfg.conv_bias else 0)
+        if cfg.extractor_mode == "layer_norm" or i == 0:
+            total += 2 * c
+        c_in = c
+    e, c = cfg.embed_dim, cfg.conv_dim
+    total += 2 * c + mask_width  # feature LayerNorm, mask_emb
+    total += c * e + e  # post_extract_proj
+    total += e * (e // cfg.conv_pos_groups) * cfg.conv_pos + e  # positional conv
+    total += 2 * e  # encoder LayerNorm
+    for h, f in zip(cfg.heads, cfg.ffn_dim):
+        a = h * cfg.head_dim
+        total += 3 * (e * a + a) + (a * e + e) + 4 * e + (e * f + f) + (f * e + e)
+    return total
+
+
+def count_macs(cfg: ModelConfig, seconds: float = 1.0, sample_rate: int = 16000) -> int:
+    """Multiply-accumulates to encode one utterance of `seconds` (excludes the prediction head).
+
+    Counts the convolutions and every matrix product, the attention scores and weighted sum
+    included (quadratic in length, hence the fixed duration); norms and activations are
+    ignored, as in MAC counters such as thop.
+    """
+    n = int(seconds * sample_rate)
+    total, c_in = 0, 1
+    for c, k, s in cfg.conv_layers:
+        n = (n - k) // s + 1
+        total += n * c * c_in * k
+        c_in = c
+    t, e = max(n, 0), cfg.embed_dim
+    total += t * cfg.conv_dim * e  # post_extract_proj
+    total += t * e * (e // cfg.conv_pos_groups) * cfg.conv_pos  # positional conv
+    for h, f in zip(cfg.heads, cfg.ffn_dim):
+        a = h * cfg.head_dim
+        total += t * 4 * e * a + 2 * t * t * a + 2 * t * e * f
+    return total
+
+
+def format_count(n: float) -> str:
+    """12,345,678 -> '12.35M'; for tables."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
+
