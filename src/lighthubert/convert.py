@@ -8,11 +8,11 @@ two weight-norm spellings are handled here and nowhere else.
 from __future__ import annotations
 
 import ast
+import logging
 import os
 import pickle
 import re
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any, Callable, Union
 
@@ -21,6 +21,8 @@ from torch import Tensor
 
 from .model import ModelConfig
 from .space import SearchSpace, SubnetConfig
+
+log = logging.getLogger(__name__)
 
 # Keys that official checkpoints carry for the unreleased trainer's HuBERT head; dropped on load.
 OFFICIAL_DROPPED = ("final_proj.weight", "final_proj.bias", "label_embs_concat")
@@ -50,7 +52,7 @@ def load_file(path: Union[str, Path]) -> dict[str, Any]:
                 "(weights_only=True) does not run; re-save it as plain tensors and dicts"
             ) from None
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_line(e)})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # torch.load on arbitrary bytes raises many types (IndexError, EOFError, ...)
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, maybe truncated ({_first_line(e)})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}")
@@ -256,7 +258,7 @@ def load_official(ckpt: dict[str, Any], source: str):
     model = LightHuBERT(space)
     load_state(model, state, source)
     subnet = ours.get("subnet") if isinstance(ours, dict) else None
-    model.set_subnet(SubnetConfig.from_official(subnet) if subnet else ("max" if name == "student_hubert" else "default"))
+    model.set_subnet(SubnetConfig.from_official(subnet, space.model.head_dim) if subnet else ("max" if name == "student_hubert" else "default"))
     return model.eval(), dropped
 
 
@@ -286,3 +288,27 @@ def official_checkpoint(model, stage1: bool = False) -> dict[str, Any]:
         },
         "model": ours_to_official(state, m.extractor_mode),
     }
+
+
+def load_model(path: Union[str, Path], subnet: Union[str, SubnetConfig, dict, None] = None):
+    """Loads any checkpoint this package reads, safely; the entry point behind `lighthubert.load`.
+
+    Args:
+        path: an official-format LightHuBERT checkpoint (`hubert_pruner` / `student_hubert`),
+            ours included.
+        subnet: `default` / `max` / `min` / JSON / a `SubnetConfig`; None keeps the
+            checkpoint's own choice (s3prl's: `max` for stage 1, the space default otherwise).
+
+    Returns:
+        The model in eval mode.
+
+    Raises:
+        CheckpointError: unreadable or unsupported files, keys or shapes that do not fit.
+    """
+    ckpt = load_file(path)
+    model, dropped = load_official(ckpt, str(path))
+    if dropped:
+        log.info("%s: dropped the trainer-only keys %s", path, dropped)
+    if subnet is not None:
+        model.set_subnet(subnet)
+    return model

@@ -106,7 +106,7 @@ class SubnetConfig:
         return json.dumps(self.to_official())
 
     @classmethod
-    def parse(cls, text: str) -> "SubnetConfig":
+    def parse(cls, text: str, head_dim: int = 64) -> "SubnetConfig":
         """Reads a JSON object (official dict, or ours: embed_dim/heads/ffn_dim) from a string."""
         try:
             d = json.loads(text)
@@ -119,7 +119,7 @@ class SubnetConfig:
             if unknown:
                 raise ValueError(f"unknown subnet key(s) {unknown}; expected embed_dim, heads, ffn_dim")
             return cls(d["embed_dim"], tuple(d["heads"]), tuple(d["ffn_dim"]))
-        return cls.from_official(d)
+        return cls.from_official(d, head_dim)
 
     def describe(self) -> str:
         """Short text such as `e640 h10 f2560 x12` (uniform) or `e640 h[8,10,...] f[...] x12`."""
@@ -208,7 +208,7 @@ class SearchSpace:
             raise ValueError(f"search_space must have exactly the keys {sorted(keys)}, got {sorted(s)}")
         default = d.get("default")
         if default is not None:
-            default = SubnetConfig.parse(json.dumps(default))
+            default = SubnetConfig.parse(json.dumps(default), model.head_dim)
         return cls(d.get("name", name), model, tuple(s["embed_dim"]), tuple(s["heads"]), tuple(float(r) for r in s["ffn_ratio"]),
                    tuple(s["depth"]), default)
 
@@ -245,13 +245,13 @@ class SearchSpace:
         if isinstance(spec, SubnetConfig):
             sub = spec
         elif isinstance(spec, dict):
-            sub = SubnetConfig.parse(json.dumps(spec))
+            sub = SubnetConfig.parse(json.dumps(spec), self.model.head_dim)
         elif spec in ("default", "max", "min"):
             sub = {"default": self.default, "max": self.max(), "min": self.min()}[spec]
         elif spec.lstrip().startswith("{"):
-            sub = SubnetConfig.parse(spec)
+            sub = SubnetConfig.parse(spec, self.model.head_dim)
         elif Path(spec).is_file():
-            sub = SubnetConfig.parse(Path(spec).read_text())
+            sub = SubnetConfig.parse(Path(spec).read_text(), self.model.head_dim)
         else:
             raise ValueError(f"subnet {spec!r} is not 'default', 'max', 'min', a JSON file or a JSON object")
         self.validate(sub)

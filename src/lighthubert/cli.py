@@ -1,0 +1,161 @@
+"""`lighthubert <command>`: flags -> config -> the Python API. Errors are one line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import soundfile as sf
+import torch
+import yaml
+
+from . import convert, data
+from .extract import extract, extract_files
+from .space import SearchSpace, SubnetConfig, count_macs, count_subnet_params, format_count
+
+log = logging.getLogger("lighthubert")
+
+SUBNET_HELP = "default | max | min | a JSON file | a JSON object (official dict or embed_dim/heads/ffn_dim)"
+
+
+def _subnet_rows(space: SearchSpace, named: Sequence[tuple[str, SubnetConfig]]) -> list[dict]:
+    rows = []
+    for name, sub in named:
+        rows.append({
+            "name": name,
+            "subnet": sub.describe(),
+            "embed_dim": sub.embed_dim,
+            "heads": list(sub.heads),
+            "ffn_dim": list(sub.ffn_dim),
+            "depth": sub.depth,
+            "params": count_subnet_params(space, sub),
+            "macs_per_second": count_macs(space.model_config(sub), seconds=1.0),
+            "official": sub.to_official(space.model.head_dim),
+        })
+    return rows
+
+
+def _print_table(rows: list[dict], extra: Sequence[str] = ()) -> None:
+    cols = ["name", "subnet", "params", "MACs/1s audio", *extra]
+    cells = [[r["name"], r["subnet"], f"{r['params']:,}", format_count(r["macs_per_second"]), *(str(r[c]) for c in extra)] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    if args.checkpoint:
+        model = convert.load_model(args.checkpoint)
+        space, current = model.space, model.subnet
+    else:
+        space, current = SearchSpace.named(args.space), None
+    if args.subnet:
+        named = [(args.subnet if len(args.subnet) < 12 else "custom", space.subnet(args.subnet))]
+    else:
+        named = ([("checkpoint", current)] if current is not None else []) + [
+            ("default", space.default), ("max", space.max()), ("min", space.min())]
+    rows = _subnet_rows(space, named)
+    if args.json:
+        print(json.dumps({"space": space.to_dict(), "num_subnets": space.num_subnets, "subnets": rows}, indent=2))
+        return 0
+    print(f"space {space.name}: {space.num_subnets:,} subnets; embed_dim {list(space.embed_dims)}, "
+          f"heads {list(space.heads)}, ffn_ratio {list(space.ffn_ratios)}, depth {list(space.depths)}")
+    _print_table(rows)
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    model = convert.load_model(args.checkpoint, args.subnet)
+    if args.device:
+        model.to(args.device)
+    log.info("subnet %s (%s parameters)", model.subnet.describe(), f"{model.num_params():,}")
+    report = extract_files(model, args.audio, args.output, layer=args.layer,
+                           max_batch_samples=int(args.batch_seconds * data.SAMPLE_RATE), progress=not args.quiet)
+    for path, reason in report.failed:
+        print(f"lighthubert: failed: {reason}", file=sys.stderr)
+    print(f"wrote {len(report.written)} file(s) to {args.output}, {len(report.failed)} failed")
+    return 1 if report.failed else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Interim main job: a seeded supernet, generated speech-like audio, extraction at each named subnet."""
+    from .supernet import LightHuBERT
+
+    out = Path(args.out)
+    torch.manual_seed(0)
+    space = SearchSpace.named(args.space)
+    model = LightHuBERT(space).eval()
+    ckpt = out / f"supernet-{space.name}.pt"
+    convert.save_file(convert.official_checkpoint(model), ckpt)
+    wavs = []
+    for i, f0 in enumerate((110.0, 160.0, 220.0)):
+        path = out / "audio" / f"utt{i}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, data.synthetic_speech(2.0 + i, f0, seed=i).numpy(), data.SAMPLE_RATE)
+        wavs.append(path)
+    print(f"supernet checkpoint: {ckpt}; audio: {out / 'audio'}")
+    loaded = convert.load_model(ckpt)
+    rows = _subnet_rows(space, [("default", space.default), ("max", space.max()), ("min", space.min())])
+    for row, name in zip(rows, ("default", "max", "min")):
+        loaded.set_subnet(name)
+        report = extract_files(loaded, wavs, out / "features" / name, progress=False)
+        wav = data.load_audio(wavs[-1])
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            extract(loaded, [wav])
+            times.append(time.perf_counter() - start)
+        row["latency"] = f"{sorted(times)[1] * 1000 / (wav.numel() / data.SAMPLE_RATE):.0f} ms/s"
+        row["features"] = "x".join(map(str, np.load(report.written[0]).shape))
+    print(f"space {space.name}: {space.num_subnets:,} subnets")
+    _print_table(rows, extra=("latency", "features"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lighthubert", description="LightHuBERT: once-for-all HuBERT supernets.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("extract", help="write every hidden state of audio files as .npy",
+                       description="Writes <output>/<stem>.npy per input: float32 (layers+1, frames, embed_dim); "
+                                   "index 0 is the projected CNN features, index i layer i's output.")
+    e.add_argument("--checkpoint", required=True, help="LightHuBERT checkpoint (official .pt or ours)")
+    e.add_argument("--subnet", help=f"{SUBNET_HELP}; default: the checkpoint's own (max for stage 1, the space default for a supernet)")
+    e.add_argument("--output", required=True, help="output folder")
+    e.add_argument("--layer", type=int, help="write only this hidden state, shape (frames, embed_dim)")
+    e.add_argument("--batch-seconds", type=float, default=60.0, help="padded audio per forward pass (default 60)")
+    e.add_argument("--device", help="torch device, e.g. cuda (default cpu)")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.add_argument("audio", nargs="+", help="audio files (any soundfile format; mono down-mix, resampled to 16 kHz)")
+    e.set_defaults(func=cmd_extract)
+
+    i = sub.add_parser("info", help="a search space's subnets: shapes, parameters, MACs")
+    i.add_argument("--space", default="base", help="base | small | a YAML file (default base)")
+    i.add_argument("--checkpoint", help="read the space and subnet from this checkpoint instead")
+    i.add_argument("--subnet", help=SUBNET_HELP)
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.set_defaults(func=cmd_info)
+
+    d = sub.add_parser("demo", help="seeded supernet + generated audio: save, reload, extract at each named subnet")
+    d.add_argument("--space", default="small", help="base | small | a YAML file (default small)")
+    d.add_argument("--out", default="lighthubert-demo", help="output folder (default ./lighthubert-demo)")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, OSError, yaml.YAMLError) as e:
+        print(f"lighthubert: error: {e}", file=sys.stderr)
+        return 2

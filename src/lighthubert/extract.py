@@ -1,0 +1,143 @@
+"""Feature extraction: waveforms or audio files -> every hidden state, batched by length.
+
+A padded batch gives the same valid frames as one utterance at a time (see
+`HuBERT.forward`), except for the `default` (GroupNorm) front end of HuBERT Base, whose
+statistics span the padding: such models run one utterance at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from .data import AudioError, collate, load_audio, normalize
+from .model import HuBERT
+
+log = logging.getLogger(__name__)
+
+
+def min_samples(model: HuBERT) -> int:
+    """Shortest waveform that yields one frame (400 samples, 25 ms, for HuBERT's front end)."""
+    n = 1
+    for c in reversed(model.cfg.conv_layers):
+        n = (n - 1) * c[2] + c[1]
+    return n
+
+
+def _batches(lengths: Sequence[int], max_batch_samples: int, single: bool) -> list[list[int]]:
+    """Indices grouped longest first so that batch size * longest <= max_batch_samples."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and not single and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_batch_samples:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+@torch.inference_mode()
+def extract(model: HuBERT, wavs: Sequence[Tensor], max_batch_samples: int = 16000 * 60) -> list[Tensor]:
+    """Every hidden state of each waveform.
+
+    Args:
+        model: any `HuBERT` (a `LightHuBERT` runs its active subnet); put in eval mode here.
+        wavs: (N_i,) 16 kHz mono waveforms, raw; normalised here when `model.cfg.normalize`.
+        max_batch_samples: padded samples per forward pass (memory bound).
+
+    Returns:
+        One (depth + 1, T_i, E) float tensor per waveform, on the CPU; index 0 is the
+        `post_extract_proj` output, index i the output of layer i.
+
+    Raises:
+        AudioError: a waveform shorter than one frame's receptive field.
+    """
+    model.eval()
+    shortest = min_samples(model)
+    for i, w in enumerate(wavs):
+        if w.numel() < shortest:
+            raise AudioError(f"input {i}: {w.numel()} samples is too short; at least {shortest} ({shortest / 16:.0f} ms) needed")
+    device = model.mask_emb.device
+    dtype = model.mask_emb.dtype
+    if model.cfg.normalize:
+        wavs = [normalize(w.float()) for w in wavs]
+    out: list[Optional[Tensor]] = [None] * len(wavs)
+    single = model.cfg.extractor_mode == "default"
+    for idx in _batches([w.numel() for w in wavs], max_batch_samples, single):
+        batch, lengths = collate([wavs[i] for i in idx])
+        feats = model(batch.to(device, dtype), lengths if len(idx) > 1 else None)
+        frames = model.frame_lengths(lengths)
+        hidden = torch.stack(feats.hidden_states, dim=1).float().cpu()  # (B, L+1, T, E)
+        for b, i in enumerate(idx):
+            out[i] = hidden[b, :, : int(frames[b])].clone()
+    return out  # type: ignore[return-value]
+
+
+@dataclass
+class ExtractReport:
+    """What `extract_files` wrote and which inputs failed (with the reason)."""
+
+    written: list = field(default_factory=list)  # output paths
+    failed: list = field(default_factory=list)  # (input path, one-line reason)
+
+
+def extract_files(
+    model: HuBERT,
+    paths: Sequence[Union[str, Path]],
+    out_dir: Union[str, Path],
+    layer: Optional[int] = None,
+    max_batch_samples: int = 16000 * 60,
+    files_per_chunk: int = 32,
+    progress: bool = True,
+) -> ExtractReport:
+    """Writes `<out_dir>/<stem>.npy` per audio file: float32 (depth + 1, frames, E), or
+    (frames, E) with `layer`. A bad file is reported and skipped; the others are written.
+
+    Raises:
+        ValueError: `layer` out of range, or two inputs that would write the same file.
+    """
+    depth = len(model.encoder.kept_layers)
+    if layer is not None and not 0 <= layer <= depth:
+        raise ValueError(f"--layer must be in 0..{depth} (0 = projected CNN features, {depth} = last layer), got {layer}")
+    stems: dict[str, Path] = {}
+    for p in map(Path, paths):
+        if p.stem in stems:
+            raise ValueError(f"{stems[p.stem]} and {p} would both write {p.stem}.npy; extract them into different --output folders")
+        stems[p.stem] = p
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = ExtractReport()
+    bar = tqdm(total=len(stems), unit="file", disable=not progress, desc="extract")
+    shortest = min_samples(model)
+    items = list(stems.values())
+    for start in range(0, len(items), files_per_chunk):
+        loaded: list[tuple[Path, Tensor]] = []
+        for p in items[start : start + files_per_chunk]:
+            try:
+                wav = load_audio(p)
+                if wav.numel() < shortest:
+                    raise AudioError(f"{p}: {wav.numel()} samples at 16 kHz is too short; at least {shortest} needed")
+                loaded.append((p, wav))
+            except AudioError as e:
+                report.failed.append((str(p), str(e)))
+                log.error("%s", e)
+                bar.update(1)
+        for (p, _), feats in zip(loaded, extract(model, [w for _, w in loaded], max_batch_samples)):
+            arr = (feats if layer is None else feats[layer]).numpy().astype(np.float32)
+            target = out_dir / f"{p.stem}.npy"
+            tmp = out_dir / f".{p.stem}.npy.tmp"
+            with open(tmp, "wb") as f:
+                np.save(f, arr)
+            os.replace(tmp, target)
+            report.written.append(target)
+            bar.update(1)
+    bar.close()
+    return report
