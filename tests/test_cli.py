@@ -83,7 +83,8 @@ def _foreign_pickle(path):
     (lambda p, ck: p.write_bytes(Path(ck).read_bytes()[:5000]), "not a readable PyTorch checkpoint"),
     (lambda p, ck: p.write_text("this is a text file\n"), "not a"),
     (lambda p, ck: _foreign_pickle(p), "refers to the Python class"),
-    (lambda p, ck: torch.save({"cfg": {"model": {"_name": "wav2vec2"}}, "model": {}}, p), "not a LightHuBERT checkpoint"),
+    (lambda p, ck: torch.save({"cfg": {"model": {"_name": "transformer_lm"}}, "model": {}}, p), "not a HuBERT / wav2vec 2.0 encoder"),
+    (lambda p, ck: torch.save({"weights": [1.0]}, p), "not a checkpoint this package reads"),
 ])
 def test_bad_checkpoints_give_one_line(tiny_checkpoint, tmp_path, capsys, make, match):
     bad = tmp_path / "bad.pt"

@@ -16,8 +16,12 @@ import torch
 import yaml
 
 from . import convert, data
+from .export import FORMATS as EXPORT_FORMATS
+from .export import export_subnet
 from .extract import extract, extract_files
+from .model import HuBERT
 from .space import SearchSpace, SubnetConfig, count_macs, count_subnet_params, format_count
+from .supernet import LightHuBERT
 
 log = logging.getLogger("lighthubert")
 
@@ -71,11 +75,18 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shape(model: HuBERT) -> str:
+    """The active shape, e.g. `e384 h6 f1536 x12`, of a supernet's subnet or a dense model."""
+    if isinstance(model, LightHuBERT):
+        return model.subnet.describe()
+    return SubnetConfig(model.cfg.embed_dim, tuple(model.cfg.heads), tuple(model.cfg.ffn_dim)).describe()
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     model = convert.load_model(args.checkpoint, args.subnet)
     if args.device:
         model.to(args.device)
-    log.info("subnet %s (%s parameters)", model.subnet.describe(), f"{model.num_params():,}")
+    log.info("model %s", _shape(model))
     report = extract_files(model, args.audio, args.output, layer=args.layer,
                            max_batch_samples=int(args.batch_seconds * data.SAMPLE_RATE), progress=not args.quiet)
     for path, reason in report.failed:
@@ -84,10 +95,43 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def cmd_teacher_info(args: argparse.Namespace) -> int:
+    kind, model = convert.load_with_format(args.path)
+    cfg = model.cfg
+    info = {
+        "path": str(args.path),
+        "format": kind,
+        "shape": _shape(model),
+        "embed_dim": cfg.embed_dim,
+        "layers": cfg.depth,
+        "heads": cfg.heads[0] if len(set(cfg.heads)) == 1 else cfg.heads,
+        "ffn_dim": cfg.ffn_dim[0] if len(set(cfg.ffn_dim)) == 1 else cfg.ffn_dim,
+        "extractor_mode": cfg.extractor_mode,
+        "layer_norm_first": cfg.layer_norm_first,
+        "normalize": cfg.normalize,
+        "parameters": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("layer_pred_heads")),
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        width = max(map(len, info))
+        for k, v in info.items():
+            print(f"{k.ljust(width)}  {f'{v:,}' if isinstance(v, int) and not isinstance(v, bool) else v}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    model = convert.load_model(args.checkpoint)
+    dtype = {"float32": torch.float32, "float16": torch.float16}[args.dtype]
+    if args.dtype != "float32" and args.format != "compact":
+        raise ValueError("--dtype float16 applies to the compact format only")
+    out = export_subnet(model, args.output, args.format, args.subnet, dtype)
+    print(f"wrote {args.format} export of {_shape(model)} to {out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Interim main job: a seeded supernet, generated speech-like audio, extraction at each named subnet."""
-    from .supernet import LightHuBERT
-
     out = Path(args.out)
     torch.manual_seed(0)
     space = SearchSpace.named(args.space)
@@ -143,6 +187,22 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--subnet", help=SUBNET_HELP)
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.set_defaults(func=cmd_info)
+
+    t = sub.add_parser("teacher-info", help="format, dims, layers and parameters of any checkpoint",
+                       description="Reads a fairseq .pt, a transformers folder, a torchaudio state dict, a "
+                                   "LightHuBERT checkpoint or a compact export and describes it.")
+    t.add_argument("path", help="checkpoint file or folder")
+    t.add_argument("--json", action="store_true", help="machine-readable output")
+    t.set_defaults(func=cmd_teacher_info)
+
+    x = sub.add_parser("export", help="export a subnet as a standalone model (compact, hf, onnx, official)")
+    x.add_argument("--checkpoint", required=True, help="supernet or dense checkpoint")
+    x.add_argument("--subnet", help=f"{SUBNET_HELP}; default: the checkpoint's own")
+    x.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="compact: safetensors + JSON folder; "
+                   "hf: transformers HubertModel folder (uniform subnets); onnx: .onnx file; official: supernet .pt")
+    x.add_argument("--output", required=True, help="folder (compact, hf) or file (onnx, official)")
+    x.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="compact weights dtype")
+    x.set_defaults(func=cmd_export)
 
     d = sub.add_parser("demo", help="seeded supernet + generated audio: save, reload, extract at each named subnet")
     d.add_argument("--space", default="small", help="base | small | a YAML file (default small)")

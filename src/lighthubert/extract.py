@@ -1,8 +1,6 @@
 """Feature extraction: waveforms or audio files -> every hidden state, batched by length.
 
-A padded batch gives the same valid frames as one utterance at a time (see
-`HuBERT.forward`), except for the `default` (GroupNorm) front end of HuBERT Base, whose
-statistics span the padding: such models run one utterance at a time.
+A padded batch gives the same valid frames as one utterance at a time (see `HuBERT.forward`).
 """
 
 from __future__ import annotations
@@ -32,12 +30,12 @@ def min_samples(model: HuBERT) -> int:
     return n
 
 
-def _batches(lengths: Sequence[int], max_batch_samples: int, single: bool) -> list[list[int]]:
+def _batches(lengths: Sequence[int], max_batch_samples: int) -> list[list[int]]:
     """Indices grouped longest first so that batch size * longest <= max_batch_samples."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     for i in order:
-        if batches and not single and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_batch_samples:
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_batch_samples:
             batches[-1].append(i)
         else:
             batches.append([i])
@@ -70,8 +68,7 @@ def extract(model: HuBERT, wavs: Sequence[Tensor], max_batch_samples: int = 1600
     if model.cfg.normalize:
         wavs = [normalize(w.float()) for w in wavs]
     out: list[Optional[Tensor]] = [None] * len(wavs)
-    single = model.cfg.extractor_mode == "default"
-    for idx in _batches([w.numel() for w in wavs], max_batch_samples, single):
+    for idx in _batches([w.numel() for w in wavs], max_batch_samples):
         batch, lengths = collate([wavs[i] for i in idx])
         feats = model(batch.to(device, dtype), lengths if len(idx) > 1 else None)
         frames = model.frame_lengths(lengths)

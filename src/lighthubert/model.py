@@ -36,6 +36,7 @@ class ModelConfig:
     heads: list = field(default_factory=lambda: [12] * 12)  # attention heads per layer; official: encoder_attention_heads
     ffn_dim: list = field(default_factory=lambda: [3072] * 12)  # FFN width per layer; official: encoder_ffn_embed_dim
     head_dim: int = 64  # width of one attention head (fixed at 64 in LightHuBERT)
+    feature_layer_norm: bool = True  # LayerNorm on the CNN frames before the projection (transformers: feat_proj_layer_norm)
     conv_pos: int = 128  # positional conv kernel size
     conv_pos_groups: int = 16  # positional conv groups
     layer_norm_first: bool = False  # pre-LN layers (False: post-LN, as HuBERT Base and LightHuBERT)
@@ -46,7 +47,6 @@ class ModelConfig:
     layerdrop: float = 0.0  # probability of skipping a layer in training; official: encoder_layerdrop
     dropout_input: float = 0.0  # dropout on the projected features
     feature_grad_mult: float = 1.0  # gradient scale of the conv front end (0 freezes it)
-    required_seq_len_multiple: int = 2  # frames padded to a multiple of this before the layers
 
     def __post_init__(self) -> None:
         self.conv_layers = [list(map(int, c)) for c in self.conv_layers]
@@ -109,7 +109,8 @@ class ConvBlock(nn.Module):
         elif norm == "group_norm":
             self.norm = nn.GroupNorm(c_out, c_out)
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, N, C_in) -> (B, T, C_out)
+    def forward(self, x: Tensor, frames: Optional[Tensor] = None) -> Tensor:  # (B, N, C_in) -> (B, T, C_out)
+        """`frames` (B,): valid output frames per utterance, so that GroupNorm ignores padding."""
         w, b = self.conv.weight, self.conv.bias
         k, s = self.conv.kernel_size[0], self.conv.stride[0]
         bsz, n, c = x.shape
@@ -125,20 +126,25 @@ class ConvBlock(nn.Module):
             y = F.linear(x[:, : s * (t - 1) + 1 : s], w[:, :, 0], b)
             for j in range(1, k):
                 y = y + F.linear(x[:, j : j + s * (t - 1) + 1 : s], w[:, :, j])
-        if isinstance(self.norm, nn.LayerNorm):
-            y = _fp32(self.norm, y)
+        if isinstance(self.norm, nn.LayerNorm):  # in float32, as fairseq's Fp32LayerNorm
+            y = F.layer_norm(y.float(), self.norm.normalized_shape, self.norm.weight.float(), self.norm.bias.float(), self.norm.eps).type_as(y)
         elif isinstance(self.norm, nn.GroupNorm):
-            y = _fp32(self.norm, y.transpose(1, 2)).transpose(1, 2)
+            y = self._channel_norm(y.float(), frames).type_as(y)
         return F.gelu(y)
 
+    def _channel_norm(self, y: Tensor, frames: Optional[Tensor]) -> Tensor:
+        """GroupNorm(C, C) (fairseq's Fp32GroupNorm) over each utterance's valid frames only.
 
-def _fp32(norm: nn.Module, x: Tensor) -> Tensor:
-    """Normalisation in float32 (fairseq's Fp32LayerNorm / Fp32GroupNorm) for half inputs."""
-    if x.dtype == torch.float32:
-        return norm(x)
-    return F.layer_norm(x.float(), norm.normalized_shape, norm.weight.float(), norm.bias.float(), norm.eps).type_as(x) \
-        if isinstance(norm, nn.LayerNorm) else \
-        F.group_norm(x.float(), norm.num_groups, norm.weight.float(), norm.bias.float(), norm.eps).type_as(x)
+        fairseq and transformers normalise over the padding too, so their padded batches
+        differ from one utterance at a time; statistics over `frames` make the two equal.
+        """
+        if frames is None:
+            return F.group_norm(y.transpose(1, 2), self.norm.num_groups, self.norm.weight.float(), self.norm.bias.float(), self.norm.eps).transpose(1, 2)
+        valid = (torch.arange(y.size(1), device=y.device)[None, :] < frames[:, None]).unsqueeze(-1).to(y.dtype)
+        count = valid.sum(1, keepdim=True).clamp(min=1)
+        mean = (y * valid).sum(1, keepdim=True) / count
+        var = ((y - mean).square() * valid).sum(1, keepdim=True) / count
+        return (y - mean) * torch.rsqrt(var + self.norm.eps) * self.norm.weight.float() + self.norm.bias.float()
 
 
 class FeatureExtractor(nn.Module):
@@ -153,10 +159,14 @@ class FeatureExtractor(nn.Module):
             c_in = c
         self.conv_layers = nn.ModuleList(blocks)
 
-    def forward(self, wav: Tensor) -> Tensor:  # (B, N) -> (B, T, C)
+    def forward(self, wav: Tensor, lengths: Optional[Tensor] = None) -> Tensor:  # (B, N) -> (B, T, C)
+        """`lengths` (B,): valid samples, needed only by the GroupNorm of the `default` mode."""
         x = wav.unsqueeze(-1)
         for block in self.conv_layers:
-            x = block(x)
+            if lengths is not None:
+                k, s = block.conv.kernel_size[0], block.conv.stride[0]
+                lengths = torch.div(lengths - k, s, rounding_mode="floor") + 1
+            x = block(x, lengths)
         return x
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
@@ -292,11 +302,13 @@ class Encoder(nn.Module):
         self.layer_norm_first = cfg.layer_norm_first
         self.dropout = nn.Dropout(cfg.dropout)
         self.layerdrop = cfg.layerdrop
-        self.multiple = cfg.required_seq_len_multiple
         self.kept_layers: list[int] = list(range(cfg.depth))
 
     def forward(self, x: Tensor, padding_mask: Optional[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Runs the layers on (B, T, E) frames.
+
+        fairseq also pads T to a multiple of `required_seq_len_multiple` (2) with masked frames,
+        an fp16 speed trick; masked keys contribute nothing, so we skip it.
 
         Returns:
             Each kept layer's output and its FFN output (`layer_result`), each (B, T, E).
@@ -306,23 +318,14 @@ class Encoder(nn.Module):
         x = x + self.pos_conv(x)
         if not self.layer_norm_first:
             x = self.layer_norm(x)
-        t = x.size(1)
-        pad = -t % self.multiple
-        if pad:  # fairseq pads to a multiple of 2 frames (an fp16 speed-up) and masks the pad
-            x = F.pad(x, (0, 0, 0, pad))
-            if padding_mask is None:
-                padding_mask = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
-                padding_mask[:, t:] = True
-            else:
-                padding_mask = F.pad(padding_mask, (0, pad), value=True)
         x = self.dropout(x)
         outputs, ffns = [], []
         for i in self.kept_layers:
             if self.training and self.layerdrop > 0 and torch.rand(()) < self.layerdrop:
                 continue
             x, ffn = self.layers[i](x, padding_mask)
-            outputs.append(x[:, :t])
-            ffns.append(ffn[:, :t])
+            outputs.append(x)
+            ffns.append(ffn)
         if self.layer_norm_first and outputs:
             outputs[-1] = self.layer_norm(outputs[-1])
         return outputs, ffns
@@ -337,7 +340,7 @@ class Features(NamedTuple):
 
     hidden_states: list  # 1 + depth tensors, each (B, T, E)
     layer_results: list  # each layer's FFN output before the residual, (B, T, E)
-    padding_mask: Optional[Tensor]  # (B, T), True at padded frames; None without padding
+    padding_mask: Optional[Tensor]  # (B, T), True at padded frames; None without `lengths`
     prediction: Optional[Tensor]  # prediction head on the last layer, (B, T, pred_dim)
 
 
@@ -348,7 +351,7 @@ class HuBERT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.feature_extractor = FeatureExtractor(cfg.conv_layers, cfg.extractor_mode, cfg.conv_bias)
-        self.layer_norm = nn.LayerNorm(cfg.conv_dim)
+        self.layer_norm = nn.LayerNorm(cfg.conv_dim) if cfg.feature_layer_norm else None
         self.post_extract_proj = ops.linear(cfg.conv_dim, cfg.embed_dim)
         self.dropout_input = nn.Dropout(cfg.dropout_input)
         self.mask_emb = nn.Parameter(torch.rand(cfg.embed_dim))
@@ -375,20 +378,21 @@ class HuBERT(nn.Module):
         Returns:
             `Features` with every hidden state, FFN output, padding mask and prediction.
         """
+        if lengths is not None:
+            lengths = lengths.to(wav.device)
         if self.cfg.feature_grad_mult > 0:
-            x = self.feature_extractor(wav)
+            x = self.feature_extractor(wav, lengths)
             if self.cfg.feature_grad_mult != 1.0 and x.requires_grad:
                 x = _GradScale.apply(x, self.cfg.feature_grad_mult)
         else:
             with torch.no_grad():
-                x = self.feature_extractor(wav)
-        x = self.layer_norm(x)
+                x = self.feature_extractor(wav, lengths)
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
         padding_mask = None
         if lengths is not None:
-            frames = self.frame_lengths(lengths.to(x.device))
+            frames = self.frame_lengths(lengths)
             padding_mask = torch.arange(x.size(1), device=x.device)[None, :] >= frames[:, None]
-            if not padding_mask.any():
-                padding_mask = None
         x = self.dropout_input(self.post_extract_proj(x))
         if mask is not None:
             x = torch.where(mask.unsqueeze(-1), self.mask_emb[: x.size(-1)].to(x.dtype), x)

@@ -115,9 +115,10 @@ class SubnetConfig:
         if not isinstance(d, dict):
             raise ValueError(f"subnet JSON must be an object, got {type(d).__name__}")
         if "heads" in d or "ffn_dim" in d:
-            unknown = sorted(set(d) - {"embed_dim", "heads", "ffn_dim"})
-            if unknown:
-                raise ValueError(f"unknown subnet key(s) {unknown}; expected embed_dim, heads, ffn_dim")
+            ours = {"embed_dim", "heads", "ffn_dim"}
+            if set(d) != ours:
+                raise ValueError(f"subnet keys {sorted(d)}: missing {sorted(ours - set(d))}, unknown {sorted(set(d) - ours)}; "
+                                 "expected embed_dim, heads, ffn_dim")
             return cls(d["embed_dim"], tuple(d["heads"]), tuple(d["ffn_dim"]))
         return cls.from_official(d, head_dim)
 
@@ -324,7 +325,7 @@ def _count(cfg: ModelConfig, mask_width: int) -> int:
             total += 2 * c
         c_in = c
     e, c = cfg.embed_dim, cfg.conv_dim
-    total += 2 * c + mask_width  # feature LayerNorm, mask_emb
+    total += (2 * c if cfg.feature_layer_norm else 0) + mask_width  # feature LayerNorm, mask_emb
     total += c * e + e  # post_extract_proj
     total += e * (e // cfg.conv_pos_groups) * cfg.conv_pos + e  # positional conv
     total += 2 * e  # encoder LayerNorm

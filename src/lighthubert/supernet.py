@@ -68,7 +68,8 @@ class LightHuBERT(HuBERT):
         dense = HuBERT(cfg).to(self.mask_emb)
         e = sub.embed_dim
         dense.feature_extractor.load_state_dict(self.feature_extractor.state_dict())
-        dense.layer_norm.load_state_dict(self.layer_norm.state_dict())
+        if self.layer_norm is not None:
+            dense.layer_norm.load_state_dict(self.layer_norm.state_dict())
         dense.post_extract_proj = self.post_extract_proj.export(self.cfg.conv_dim)
         dense.mask_emb.copy_(self.mask_emb[:e])
         dense.encoder.pos_conv[0] = self.encoder.pos_conv[0].export(e)

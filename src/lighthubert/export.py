@@ -1,0 +1,165 @@
+"""Export a subnet (or any dense model) as a standalone model: compact, transformers, ONNX, official.
+
+- `compact`: `model.safetensors` + `config.json` (the `ModelConfig`, per-layer heads and FFN
+  widths) in a folder; `lighthubert.load` reads it without the supernet.
+- `hf`: a transformers `HubertModel` folder, for subnets with the same heads and FFN width
+  in every layer (transformers has one of each).
+- `onnx`: a graph from (waveform, lengths) to every hidden state, dynamic batch and time.
+- `official`: the whole supernet in the official `.pt` format with the subnet recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from . import convert
+from .model import HuBERT, ModelConfig
+from .space import SubnetConfig
+from .supernet import LightHuBERT
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("compact", "hf", "onnx", "official")
+
+
+def dense_model(model: HuBERT, subnet: Union[str, SubnetConfig, dict, None] = None) -> tuple[HuBERT, ModelConfig]:
+    """The dense model to export: a supernet's subnet (default: its active one), or `model` itself."""
+    if isinstance(model, LightHuBERT):
+        return model.export(subnet)
+    if subnet is not None:
+        raise ValueError("a subnet can only be chosen for a supernet checkpoint; this model has a fixed shape")
+    return model, model.cfg
+
+
+def export_subnet(
+    model: HuBERT,
+    output: Union[str, Path],
+    fmt: str = "compact",
+    subnet: Union[str, SubnetConfig, dict, None] = None,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Writes `model` (a supernet at `subnet`, or a dense model) to `output` in format `fmt`.
+
+    Raises:
+        ValueError: an unknown format, a subnet that `hf` cannot represent, `official` for a
+            dense model.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {list(FORMATS)}")
+    output = Path(output)
+    if fmt == "official":
+        if not isinstance(model, LightHuBERT):
+            raise ValueError("the official format holds a supernet; export a dense model as compact, hf or onnx")
+        if subnet is not None:
+            model.set_subnet(subnet)
+        convert.save_file(convert.official_checkpoint(model), output)
+        return output
+    dense, cfg = dense_model(model, subnet)
+    dense = dense.eval()
+    if fmt == "compact":
+        save_compact(dense, cfg, output, dtype, model.subnet if isinstance(model, LightHuBERT) else None)
+    elif fmt == "hf":
+        save_hf(dense, cfg, output)
+    else:
+        save_onnx(dense, output)
+    return output
+
+
+def save_compact(model: HuBERT, cfg: ModelConfig, output: Path, dtype: torch.dtype = torch.float32,
+                 subnet: Optional[SubnetConfig] = None) -> None:
+    """`output/model.safetensors` (in `dtype`) + `output/config.json`; loads back with `strict=True`."""
+    from safetensors.torch import save_file
+
+    output.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(output / "model.safetensors"))
+    meta = {
+        "format": convert.COMPACT_FORMAT,
+        "version": 1,
+        "model": cfg.asdict(),
+        "subnet": None if subnet is None else subnet.to_official(cfg.head_dim),
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+    (output / "config.json").write_text(json.dumps(meta, indent=2))
+
+
+def hf_compatible(cfg: ModelConfig) -> None:
+    """Raises ValueError unless transformers' `HubertModel` can hold `cfg` exactly.
+
+    transformers has one head count and one FFN width for all layers, and heads of
+    `hidden_size / heads`. A subnet whose attention width (64 * heads) is below its embed
+    dim is padded with all-zero heads (zero value and output weights: an exact no-op).
+    """
+    differ = [i for i in range(cfg.depth) if (cfg.heads[i], cfg.ffn_dim[i]) != (cfg.heads[0], cfg.ffn_dim[0])]
+    if differ:
+        raise ValueError(
+            f"transformers needs the same heads and FFN width in every layer; layers {differ} differ from layer 0 "
+            f"(heads {cfg.heads}, ffn_dim {cfg.ffn_dim}); export this subnet as 'compact' or 'onnx'"
+        )
+    if cfg.embed_dim % cfg.head_dim or cfg.heads[0] * cfg.head_dim > cfg.embed_dim:
+        raise ValueError(
+            f"transformers splits hidden_size {cfg.embed_dim} into heads of {cfg.head_dim}, which cannot hold "
+            f"{cfg.heads[0]} heads; export this subnet as 'compact' or 'onnx'"
+        )
+
+
+def save_hf(model: HuBERT, cfg: ModelConfig, output: Path) -> None:
+    """A transformers folder: config.json, model.safetensors, preprocessor_config.json."""
+    from safetensors.torch import save_file
+
+    hf_compatible(cfg)
+    state = {k: v.detach().cpu().float() for k, v in model.state_dict().items()}
+    e, a = cfg.embed_dim, cfg.heads[0] * cfg.head_dim
+    if a < e:  # pad to hidden_size / head_dim heads with zero heads
+        for i in range(cfg.depth):
+            pre = f"encoder.layers.{i}.self_attn."
+            for name in ("q_proj", "k_proj", "v_proj"):
+                state[pre + name + ".weight"] = torch.cat([state[pre + name + ".weight"], torch.zeros(e - a, e)])
+                state[pre + name + ".bias"] = torch.cat([state[pre + name + ".bias"], torch.zeros(e - a)])
+            state[pre + "out_proj.weight"] = torch.cat([state[pre + "out_proj.weight"], torch.zeros(e, e - a)], dim=1)
+    output.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in convert.ours_to_hf(state).items()}, str(output / "model.safetensors"),
+              metadata={"format": "pt"})
+    (output / "config.json").write_text(json.dumps(convert.hf_config(cfg), indent=2))
+    processor = {
+        "feature_extractor_type": "Wav2Vec2FeatureExtractor",
+        "feature_size": 1,
+        "sampling_rate": 16000,
+        "padding_value": 0.0,
+        "padding_side": "right",
+        "do_normalize": cfg.normalize,
+        "return_attention_mask": cfg.extractor_mode == "layer_norm",
+    }
+    (output / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+
+
+class _HiddenStates(nn.Module):
+    """ONNX wrapper: (waveform (B, N), lengths (B,)) -> hidden states (L + 1, B, T, E)."""
+
+    def __init__(self, model: HuBERT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, waveform: Tensor, lengths: Tensor) -> Tensor:
+        return torch.stack(self.model(waveform, lengths).hidden_states)
+
+
+def save_onnx(model: HuBERT, output: Path, opset: int = 18) -> None:
+    """ONNX graph with a dynamic batch and time axis; inputs are already normalised waveforms."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = _HiddenStates(model.float().eval())
+    example = (torch.randn(2, 16000), torch.tensor([16000, 12000]))
+    batch, samples = torch.export.Dim("batch", min=1), torch.export.Dim("samples", min=800)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            wrapper, example, dynamo=True, opset_version=opset,
+            input_names=["waveform", "lengths"], output_names=["hidden_states"],
+            dynamic_shapes={"waveform": {0: batch, 1: samples}, "lengths": {0: batch}},
+        )
+    program.save(str(output))

@@ -1,0 +1,135 @@
+"""Shared fixtures: tiny random models built from configs with fixed seeds, seeded audio, and
+the official-format golden weights for the two full-size spaces.
+
+Tiny models (128 wide, 4 layers, a 3-block conv front end of 32 channels) keep every test
+but the golden ones to a fraction of a second on CPU. The full-size (768-wide) supernet is
+built at most once per space per session and shared.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+
+from lighthubert import convert
+from lighthubert.model import ModelConfig
+from lighthubert.space import SearchSpace
+from lighthubert.supernet import LightHuBERT
+
+GOLDEN = Path(__file__).parent / "golden"
+sys.path.insert(0, str(GOLDEN))
+import seeded  # noqa: E402  (tests/golden/seeded.py: plain torch, shared with make_golden.py)
+
+TINY_CONV = [[32, 10, 5], [32, 3, 2], [32, 2, 2]]  # stride 20, receptive field 30 samples
+
+
+def tiny_model_config(head_dim: int = 32, extractor_mode: str = "layer_norm", depth: int = 4) -> ModelConfig:
+    """128-wide, `depth`-layer supernet shape: FFN 512 = 4 blocks of 128, 4 pos-conv groups."""
+    heads = 128 // head_dim
+    return ModelConfig(conv_layers=TINY_CONV, extractor_mode=extractor_mode, embed_dim=128, heads=[heads] * depth,
+                       ffn_dim=[512] * depth, head_dim=head_dim, conv_pos=16, conv_pos_groups=4, pred_dim=64)
+
+
+def tiny_search_space(head_dim: int = 32, extractor_mode: str = "layer_norm") -> SearchSpace:
+    """Widths 64/96/128, heads up to 128 // head_dim, FFN ratios 2-4, depths 2-4."""
+    heads = 128 // head_dim
+    return SearchSpace(name="tiny", model=tiny_model_config(head_dim, extractor_mode),
+                       embed_dims=(64, 96, 128), heads=tuple(range(max(1, heads - 2), heads + 1)),
+                       ffn_ratios=(2.0, 3.0, 4.0), depths=(2, 3, 4))
+
+
+@torch.no_grad()
+def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Replaces the constant inits (LayerNorm 1/0, zero biases) by seeded noise.
+
+    With all-ones scales and zero biases, a wrong slice of a LayerNorm or a bias would go
+    unnoticed; after this every parameter entry is distinct.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for name, p in sorted(model.named_parameters()):
+        noise = torch.randn(p.shape, generator=g)
+        if name.endswith("bias"):
+            p.copy_(0.05 * noise)
+        elif p.dim() == 1 and name.endswith("weight"):  # LayerNorm scale
+            p.copy_(1.0 + 0.1 * noise)
+        elif name.endswith("weight_g"):
+            p.mul_(1.0 + 0.1 * noise.abs())
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_space() -> SearchSpace:
+    return tiny_search_space()
+
+
+@pytest.fixture
+def make_tiny_supernet() -> Callable[..., LightHuBERT]:
+    """`make(head_dim=32, extractor_mode="layer_norm", seed=0)` -> a tiny LightHuBERT in eval mode."""
+
+    def make(head_dim: int = 32, extractor_mode: str = "layer_norm", seed: int = 0) -> LightHuBERT:
+        torch.manual_seed(seed)
+        return randomize_(LightHuBERT(tiny_search_space(head_dim, extractor_mode)), seed + 1).eval()
+
+    return make
+
+
+@pytest.fixture
+def tiny_supernet(make_tiny_supernet) -> LightHuBERT:
+    return make_tiny_supernet()
+
+
+def _make_wav(samples: int, seed: int = 0, batch: int = 1) -> torch.Tensor:
+    """(batch, samples) seeded noise, normalised per utterance as the model expects."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, samples, generator=g)
+    return (x - x.mean(-1, keepdim=True)) / x.std(-1, keepdim=True)
+
+
+@pytest.fixture(scope="session")
+def make_wav() -> Callable[..., torch.Tensor]:
+    """`make_wav(samples, seed=0, batch=1)` -> (batch, samples) seeded, normalised audio."""
+    return _make_wav
+
+
+@pytest.fixture
+def wav() -> torch.Tensor:
+    """(1, 1600): 0.1 s -> 79 frames in the tiny front end."""
+    return _make_wav(1600)
+
+
+@pytest.fixture(scope="session")
+def golden() -> dict[str, np.ndarray]:
+    """tests/golden/official.npz, made by the official code (see make_golden.py)."""
+    with np.load(GOLDEN / "official.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+_OFFICIAL: dict[str, LightHuBERT] = {}
+
+
+@pytest.fixture(scope="session")
+def official_supernet() -> Callable[[str], LightHuBERT]:
+    """`get("base" | "small")` -> the full-size supernet with `seeded.official_state` weights.
+
+    Built once per space per session (about 2 s each): the weights are drawn for the official
+    key layout, mapped with `convert.official_to_ours` and loaded strictly. Callers must
+    `set_subnet` what they need; the model is shared.
+    """
+
+    def get(name: str) -> LightHuBERT:
+        if name not in _OFFICIAL:
+            torch.manual_seed(0)
+            model = LightHuBERT(SearchSpace.named(name)).eval()
+            shapes = {k: tuple(v.shape) for k, v in convert.ours_to_official(model.state_dict(), "layer_norm").items()}
+            state, dropped = convert.official_to_ours(seeded.official_state(shapes))
+            assert dropped == []
+            model.load_state_dict(state, strict=True)
+            _OFFICIAL[name] = model
+        return _OFFICIAL[name]
+
+    return get

@@ -1,0 +1,226 @@
+"""Elastic layers: block-wise FFN ranges, sliced forwards against hand-gathered weights, exports."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lighthubert.elastic import ElasticLayerNorm, ElasticLinear, ElasticPosConv, block_ranges
+from lighthubert.model import PosConv
+
+
+def indices(ranges: list[tuple[int, int]]) -> list[int]:
+    return [i for a, b in ranges for i in range(a, b)]
+
+
+# -- block_ranges (reference notes §2.6) ------------------------------------------------------
+@pytest.mark.parametrize(
+    "e, f, expected",
+    [
+        (640, 2240, [(0, 640), (768, 1408), (1536, 2176), (2304, 2624)]),  # r = 3.5
+        (640, 2560, [(0, 640), (768, 1408), (1536, 2176), (2304, 2944)]),  # r = 4.0
+        (384, 1152, [(0, 384), (768, 1152), (1536, 1920)]),  # r = 3.0
+        (256, 896, [(0, 256), (768, 1024), (1536, 1792), (2304, 2432)]),  # r = 3.5, small space
+    ],
+)
+def test_block_ranges_official_examples(e, f, expected):
+    assert block_ranges(f, e, 3072, 4) == expected
+
+
+@pytest.mark.parametrize("f", [2688, 3072])  # e = 768 at r = 3.5 and 4.0
+def test_block_ranges_full_width_is_a_prefix(f):
+    assert indices(block_ranges(f, 768, 3072, 4)) == list(range(f))
+
+
+def test_block_ranges_single_block_is_a_prefix():
+    assert block_ranges(500, 768, 768, 1) == [(0, 500)]
+    assert block_ranges(3072, 640, 3072, 4) == [(0, 3072)]
+
+
+@pytest.mark.parametrize(
+    "dim, other",
+    [
+        (2240, 448),  # ratio 5 needs 5 blocks, the layer has 4
+        (1000, 1000),  # ratio 1 but 1000 units do not fit a block of 768
+    ],
+)
+def test_block_ranges_impossible_width_raises(dim, other):
+    with pytest.raises(ValueError, match="blocks"):
+        block_ranges(dim, other, 3072, 4)
+
+
+# -- ElasticLinear -----------------------------------------------------------------------------
+def seeded_linear(*args, seed: int = 0, **kw) -> ElasticLinear:
+    torch.manual_seed(seed)
+    layer = ElasticLinear(*args, **kw)
+    if layer.bias is not None:
+        with torch.no_grad():
+            layer.bias.normal_()
+    return layer
+
+
+@pytest.mark.parametrize("bad", [0, -1, 513])
+def test_linear_set_active_rejects_out_of_range(bad):
+    layer = seeded_linear(128, 512, out_blocks=4)
+    with pytest.raises(ValueError, match=r"1\.\.512"):
+        layer.set_active(bad)
+    assert layer.active_out_features == 512  # unchanged
+
+
+def test_linear_rejects_input_wider_than_the_layer():
+    layer = seeded_linear(128, 512, out_blocks=4)
+    with pytest.raises(ValueError, match=r"1\.\.128"):
+        layer(torch.randn(2, 129))
+
+
+def test_linear_block_rows_match_explicit_gather():
+    """fc1 of a tiny layer (4 blocks of 128): e=96, f=288 keeps rows 0:96, 128:224, 256:352."""
+    layer = seeded_linear(128, 512, out_blocks=4)
+    layer.set_active(288)
+    x = torch.randn(2, 5, 96)
+    rows = torch.cat([torch.arange(0, 96), torch.arange(128, 224), torch.arange(256, 352)])
+    expected = F.linear(x, layer.weight[rows][:, :96], layer.bias[rows])
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-6)
+
+
+def test_linear_block_cols_match_explicit_gather():
+    """fc2 of the same layer reads its input columns from the same blocks."""
+    layer = seeded_linear(512, 128, in_blocks=4)
+    layer.set_active(96)
+    x = torch.randn(2, 5, 288)
+    cols = torch.cat([torch.arange(0, 96), torch.arange(128, 224), torch.arange(256, 352)])
+    expected = F.linear(x, layer.weight[:96][:, cols], layer.bias[:96])
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-6)
+
+
+def test_linear_prefix_slice_matches_explicit_gather():
+    """Without blocks (q/k/v, post_extract_proj) the slice is W[:out, :in], b[:out]."""
+    layer = seeded_linear(128, 128)
+    layer.set_active(96)
+    x = torch.randn(3, 64)
+    expected = F.linear(x, layer.weight[:96, :64], layer.bias[:96])
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-6)
+
+
+def test_linear_slices_again_after_dtype_change():
+    """Nothing sliced is cached: after .double() the forward uses the converted weights."""
+    layer = seeded_linear(128, 512, out_blocks=4)
+    layer.set_active(288)
+    layer(torch.randn(1, 96))
+    layer.double()
+    x = torch.randn(4, 96, dtype=torch.float64)
+    rows = torch.cat([torch.arange(0, 96), torch.arange(128, 224), torch.arange(256, 352)])
+    y = layer(x)
+    assert y.dtype == torch.float64
+    torch.testing.assert_close(y, F.linear(x, layer.weight[rows][:, :96], layer.bias[rows]))
+
+
+@pytest.mark.parametrize(
+    "in_f, out_f, kw, active, width",
+    [
+        (128, 512, {"out_blocks": 4}, 288, 96),  # fc1
+        (512, 128, {"in_blocks": 4}, 64, 192),  # fc2
+        (128, 64, {"bias": False}, 64, 96),  # prediction head, no bias
+    ],
+)
+def test_linear_export_is_plain_linear_with_same_output(in_f, out_f, kw, active, width):
+    layer = seeded_linear(in_f, out_f, **kw)
+    layer.set_active(active)
+    dense = layer.export(width)
+    assert type(dense) is nn.Linear
+    assert (dense.in_features, dense.out_features) == (width, active)
+    assert (dense.bias is None) == (layer.bias is None)
+    x = torch.randn(2, 7, width)
+    torch.testing.assert_close(dense(x), layer(x), rtol=0, atol=0)
+    with torch.no_grad():  # cloned, not a view of the shared weights
+        dense.weight.zero_()
+    assert layer.weight.abs().min() > 0
+
+
+# -- ElasticLayerNorm --------------------------------------------------------------------------
+def seeded_layer_norm() -> ElasticLayerNorm:
+    torch.manual_seed(0)
+    norm = ElasticLayerNorm(128, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.normal_(1.0, 0.2)
+        norm.bias.normal_()
+    return norm
+
+
+def test_layer_norm_narrow_input_uses_sliced_affine_and_own_statistics():
+    norm = seeded_layer_norm()
+    x = torch.randn(2, 5, 96) * 3 + 1
+    expected = F.layer_norm(x, (96,), norm.weight[:96], norm.bias[:96], 1e-5)
+    torch.testing.assert_close(norm(x), expected, rtol=0, atol=1e-6)
+    # statistics over the 96 kept features: each output row, un-scaled, has zero mean
+    unscaled = (norm(x) - norm.bias[:96]) / norm.weight[:96]
+    torch.testing.assert_close(unscaled.mean(-1), torch.zeros(2, 5), rtol=0, atol=1e-5)
+
+
+def test_layer_norm_full_width_equals_nn_layer_norm():
+    norm = seeded_layer_norm()
+    x = torch.randn(3, 128)
+    torch.testing.assert_close(norm(x), nn.LayerNorm.forward(norm, x), rtol=0, atol=0)
+
+
+def test_layer_norm_export_is_plain_layer_norm():
+    norm = seeded_layer_norm()
+    dense = norm.export(96)
+    assert type(dense) is nn.LayerNorm
+    assert dense.normalized_shape == (96,) and dense.eps == norm.eps
+    x = torch.randn(4, 96)
+    torch.testing.assert_close(dense(x), norm(x), rtol=0, atol=0)
+
+
+# -- ElasticPosConv ----------------------------------------------------------------------------
+def seeded_pos_conv() -> ElasticPosConv:
+    torch.manual_seed(0)
+    conv = ElasticPosConv(128, 16, 4)
+    with torch.no_grad():
+        conv.weight_g.mul_(torch.rand_like(conv.weight_g) + 0.5)  # g != ||v||
+        conv.bias.normal_()
+    return conv
+
+
+def by_hand(conv: ElasticPosConv, x: torch.Tensor, e: int) -> torch.Tensor:
+    """weight = g * v / ||v|| (norm over dims 0 and 1 of the full v), then weight[:e, :e // groups]."""
+    v, g = conv.weight_v, conv.weight_g
+    norm = v.pow(2).sum(dim=(0, 1), keepdim=True).sqrt()
+    w = (g * v / norm)[:e, : e // 4]
+    y = F.conv1d(x.transpose(1, 2), w, conv.bias[:e], padding=8, groups=4)[..., :-1]  # SamePad, even kernel
+    return F.gelu(y).transpose(1, 2)
+
+
+@pytest.mark.parametrize("e", [64, 96, 128])
+def test_pos_conv_slices_the_full_weight_norm(e):
+    conv = seeded_pos_conv()
+    x = torch.randn(2, 21, e)
+    y = conv(x)
+    assert y.shape == (2, 21, e)
+    torch.testing.assert_close(y, by_hand(conv, x, e), rtol=0, atol=1e-5)
+
+
+def test_pos_conv_slice_is_not_group_preserving():
+    """At e=96, subnet group 1 (rows 24:48) reads supernet rows 24:48, columns 0:24: the
+    official quirk, not rows from supernet group 1 (32:64)."""
+    conv = seeded_pos_conv()
+    weight, _ = conv.sliced(96)
+    torch.testing.assert_close(weight[24:48], conv.full_weight()[24:48, :24], rtol=0, atol=0)
+
+
+def test_pos_conv_rejects_width_not_a_multiple_of_groups():
+    conv = seeded_pos_conv()
+    with pytest.raises(ValueError, match="multiple of 4"):
+        conv(torch.randn(1, 8, 66))
+
+
+@pytest.mark.parametrize("e", [64, 96])
+def test_pos_conv_export_is_plain_pos_conv(e):
+    conv = seeded_pos_conv()
+    dense = conv.export(e)
+    assert type(dense) is PosConv
+    assert dense.weight_v.shape == (e, e // 4, 16) and dense.weight_g.shape == (1, 1, 16)
+    x = torch.randn(2, 13, e)
+    torch.testing.assert_close(dense(x), conv(x), rtol=0, atol=1e-5)
