@@ -1,7 +1,6 @@
 """`lighthubert` CLI: extract and info on real and generated files; each bad input is one line."""
 
 import json
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from lighthubert import convert
+from lighthubert import checkpoint
 from lighthubert.cli import main
 from lighthubert.data import synthetic_speech
 from lighthubert.supernet import LightHuBERT
@@ -27,7 +26,7 @@ class Foreign:
 def tiny_checkpoint(tiny_space, tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "tiny.pt"
-    convert.save_file(convert.official_checkpoint(LightHuBERT(tiny_space)), path)
+    checkpoint.save_file(checkpoint.official_checkpoint(LightHuBERT(tiny_space)), path)
     return path
 
 
@@ -43,7 +42,7 @@ def test_extract_fsdd_recordings(tiny_checkpoint, tmp_path, capsys):
         pytest.skip(f"FSDD recordings not found at {FSDD}")
     code, out, _ = run(capsys, "extract", "--checkpoint", tiny_checkpoint, "--output", tmp_path, "--quiet", *files)
     assert code == 0 and "wrote 3 file(s)" in out
-    model = convert.load_model(tiny_checkpoint)
+    model = checkpoint.load_model(tiny_checkpoint)
     for f in files:
         arr = np.load(tmp_path / f"{f.stem}.npy")
         info = sf.info(f)
@@ -58,7 +57,7 @@ def test_extract_subnet_choice_and_layer(tiny_checkpoint, tmp_path, capsys):
     sf.write(wav, synthetic_speech(0.5, 150.0).numpy(), 16000)
     code, _, _ = run(capsys, "extract", "--checkpoint", tiny_checkpoint, "--subnet", "min", "--layer", "1",
                      "--output", tmp_path / "o", "--quiet", wav)
-    model = convert.load_model(tiny_checkpoint, "min")
+    model = checkpoint.load_model(tiny_checkpoint, "min")
     assert code == 0 and np.load(tmp_path / "o" / "a.npy").shape[1] == model.subnet.embed_dim
     assert np.load(tmp_path / "o" / "a.npy").ndim == 2
 

@@ -12,7 +12,7 @@ import seeded  # tests/golden/seeded.py, put on sys.path by conftest
 import torch
 from torch import nn
 
-from lighthubert import convert
+from lighthubert import checkpoint, convert
 from lighthubert.convert import CheckpointError
 from lighthubert.model import PosConv
 from lighthubert.space import SearchSpace, SubnetConfig, count_subnet_params
@@ -60,7 +60,7 @@ def test_official_checkpoint_layout_loads_by_its_cfg(official_supernet, golden):
                      "conv_feature_layers": "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2",
                      "extractor_mode": "layer_norm", "encoder_layerdrop": 0.05},
            "task": {"normalize": True}}
-    model, dropped = convert.load_official({"cfg": cfg, "model": state}, "test")
+    model, dropped = checkpoint.load_official({"cfg": cfg, "model": state}, "test")
     assert sorted(dropped) == ["final_proj.bias", "final_proj.weight", "label_embs_concat"]
     assert model.space.name == "small" and model.subnet == SearchSpace.small().default
     assert model.cfg.layerdrop == 0.05 and not model.training
@@ -72,16 +72,16 @@ def test_official_checkpoint_layout_loads_by_its_cfg(official_supernet, golden):
 # -- our official-format checkpoints -----------------------------------------------------------
 def round_trip(model: LightHuBERT, tmp_path) -> tuple[LightHuBERT, list[str]]:
     path = tmp_path / "ckpt.pt"
-    convert.save_file(convert.official_checkpoint(model), path)
+    checkpoint.save_file(checkpoint.official_checkpoint(model), path)
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary file left
-    return convert.load_official(convert.load_file(path), str(path))
+    return checkpoint.load_official(checkpoint.load_file(path), str(path))
 
 
 @pytest.mark.parametrize("head_dim", [64, 32])  # 32: the subnet's atten_dim is written with the model's head_dim
 def test_official_checkpoint_round_trip(make_tiny_supernet, wav, tmp_path, head_dim):
     model = make_tiny_supernet(head_dim=head_dim, seed=3)
     sub = model.set_subnet(model.space.sample(random.Random(2)))
-    ckpt = convert.official_checkpoint(model)
+    ckpt = checkpoint.official_checkpoint(model)
     assert "feature_extractor.conv_layers.0.0.weight" in ckpt["model"]  # fairseq layout
     assert "feature_extractor.conv_layers.2.2.1.bias" in ckpt["model"]
     assert ckpt["cfg"]["model"]["_name"] == "hubert_pruner"
@@ -98,10 +98,10 @@ def test_official_checkpoint_round_trip(make_tiny_supernet, wav, tmp_path, head_
 
 def test_checkpoint_extra_keys_are_dropped_and_reported(make_tiny_supernet, wav):
     model = make_tiny_supernet(head_dim=64)
-    ckpt = convert.official_checkpoint(model)
+    ckpt = checkpoint.official_checkpoint(model)
     ckpt["model"].update({"final_proj.weight": torch.zeros(8, 128), "final_proj.bias": torch.zeros(8),
                           "label_embs_concat": torch.zeros(4, 8)})
-    loaded, dropped = convert.load_official(ckpt, "test")
+    loaded, dropped = checkpoint.load_official(ckpt, "test")
     assert sorted(dropped) == sorted(["final_proj.weight", "final_proj.bias", "label_embs_concat"])
     with torch.no_grad():
         assert torch.equal(loaded(wav).hidden_states[-1], model(wav).hidden_states[-1])
@@ -131,11 +131,11 @@ def test_new_weight_norm_spelling_means_what_torch_means():
 
 def test_load_official_with_new_weight_norm_spelling(make_tiny_supernet, wav):
     model = make_tiny_supernet(head_dim=64)
-    ckpt = convert.official_checkpoint(model)
+    ckpt = checkpoint.official_checkpoint(model)
     st = ckpt["model"]
     st["encoder.pos_conv.0.parametrizations.weight.original0"] = st.pop("encoder.pos_conv.0.weight_g")
     st["encoder.pos_conv.0.parametrizations.weight.original1"] = st.pop("encoder.pos_conv.0.weight_v")
-    loaded, _ = convert.load_official(ckpt, "test")
+    loaded, _ = checkpoint.load_official(ckpt, "test")
     with torch.no_grad():
         assert torch.equal(loaded(wav).hidden_states[-1], model(wav).hidden_states[-1])
 
@@ -147,10 +147,10 @@ def test_unknown_key_is_named():
 
 
 def test_unknown_key_in_checkpoint_is_named(make_tiny_supernet):
-    ckpt = convert.official_checkpoint(make_tiny_supernet(head_dim=64))
+    ckpt = checkpoint.official_checkpoint(make_tiny_supernet(head_dim=64))
     ckpt["model"]["encoder.layers.0.adapter.weight"] = torch.zeros(4)
     with pytest.raises(CheckpointError, match=r"encoder\.layers\.0\.adapter\.weight"):
-        convert.load_official(ckpt, "test")
+        checkpoint.load_official(ckpt, "test")
 
 
 def test_shape_mismatch_names_the_key(make_tiny_supernet):
@@ -158,7 +158,7 @@ def test_shape_mismatch_names_the_key(make_tiny_supernet):
     state = dict(model.state_dict())
     state["encoder.layers.2.fc1.weight"] = torch.zeros(512, 96)
     with pytest.raises(CheckpointError, match=r"encoder\.layers\.2\.fc1\.weight.*\(512, 96\).*\(512, 128\)"):
-        convert.load_state(model, state, "test")
+        checkpoint.load_state(model, state, "test")
 
 
 def test_missing_key_is_named(make_tiny_supernet):
@@ -166,7 +166,7 @@ def test_missing_key_is_named(make_tiny_supernet):
     state = dict(model.state_dict())
     del state["mask_emb"]
     with pytest.raises(CheckpointError, match="mask_emb"):
-        convert.load_state(model, state, "test")
+        checkpoint.load_state(model, state, "test")
 
 
 @pytest.mark.parametrize(
@@ -178,7 +178,7 @@ def test_missing_key_is_named(make_tiny_supernet):
 )
 def test_load_official_rejects_other_dicts(ckpt, words):
     with pytest.raises(CheckpointError, match=words):
-        convert.load_official(ckpt, "test")
+        checkpoint.load_official(ckpt, "test")
 
 
 class Foreign:
@@ -219,20 +219,20 @@ def test_load_file_bad_files_raise_one_line(tmp_path, write, words):
     path = tmp_path / "model.pt"
     write(path)
     with pytest.raises(CheckpointError, match=words) as err:
-        convert.load_file(path)
+        checkpoint.load_file(path)
     message = str(err.value)
     assert "\n" not in message and str(path) in message
 
 
 def test_load_file_missing(tmp_path):
     with pytest.raises(CheckpointError, match="no such file"):
-        convert.load_file(tmp_path / "absent.pt")
+        checkpoint.load_file(tmp_path / "absent.pt")
 
 
 def test_load_file_plain_dict(tmp_path):
     path = tmp_path / "ok.pt"
-    convert.save_file({"cfg": {"a": [1, 2]}, "model": {"w": torch.arange(3.0)}}, path)
-    obj = convert.load_file(path)
+    checkpoint.save_file({"cfg": {"a": [1, 2]}, "model": {"w": torch.arange(3.0)}}, path)
+    obj = checkpoint.load_file(path)
     assert obj["cfg"] == {"a": [1, 2]} and torch.equal(obj["model"]["w"], torch.arange(3.0))
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import lighthubert
-from lighthubert import convert
+from lighthubert import checkpoint
 from lighthubert.cli import main
 from lighthubert.export import export_subnet
 from lighthubert.space import SearchSpace, SubnetConfig
@@ -93,7 +93,7 @@ def test_hf_refuses_nonuniform_and_too_many_heads(tiny, tmp_path, capsys):
     with pytest.raises(ValueError, match="cannot hold 4 heads"):
         export_subnet(tiny, tmp_path / "x", "hf", SubnetConfig(64, (4,) * 2, (128,) * 2))
     ckpt = tmp_path / "tiny.pt"
-    convert.save_file(convert.official_checkpoint(tiny), ckpt)
+    checkpoint.save_file(checkpoint.official_checkpoint(tiny), ckpt)
     code = main(["export", "--checkpoint", str(ckpt), "--format", "hf", "--subnet", json.dumps(
         {"embed_dim": 96, "heads": [2, 3, 3], "ffn_dim": [288, 288, 192]}), "--output", str(tmp_path / "x")])
     err = capsys.readouterr().err.strip().splitlines()

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import lighthubert
-from lighthubert import CheckpointError, convert
+from lighthubert import CheckpointError
 from lighthubert.cli import main
 
 transformers = pytest.importorskip("transformers")

@@ -8,8 +8,8 @@ Public API::
     dense, cfg = model.export()                                # a plain HuBERT of that shape
 """
 
+from .checkpoint import load_model as load
 from .convert import CheckpointError
-from .convert import load_model as load
 from .data import AudioError, load_audio
 from .extract import extract, extract_files
 from .model import HuBERT, ModelConfig

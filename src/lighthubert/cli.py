@@ -15,7 +15,7 @@ import soundfile as sf
 import torch
 import yaml
 
-from . import convert, data
+from . import checkpoint, data
 from .export import FORMATS as EXPORT_FORMATS
 from .export import export_subnet
 from .extract import extract, extract_files
@@ -56,7 +56,7 @@ def _print_table(rows: list[dict], extra: Sequence[str] = ()) -> None:
 
 def cmd_info(args: argparse.Namespace) -> int:
     if args.checkpoint:
-        model = convert.load_model(args.checkpoint)
+        model = checkpoint.load_model(args.checkpoint)
         space, current = model.space, model.subnet
     else:
         space, current = SearchSpace.named(args.space), None
@@ -83,7 +83,7 @@ def _shape(model: HuBERT) -> str:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    model = convert.load_model(args.checkpoint, args.subnet)
+    model = checkpoint.load_model(args.checkpoint, args.subnet)
     if args.device:
         model.to(args.device)
     log.info("model %s", _shape(model))
@@ -96,7 +96,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_teacher_info(args: argparse.Namespace) -> int:
-    kind, model = convert.load_with_format(args.path)
+    kind, model = checkpoint.load_with_format(args.path)
     cfg = model.cfg
     info = {
         "path": str(args.path),
@@ -121,7 +121,7 @@ def cmd_teacher_info(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    model = convert.load_model(args.checkpoint)
+    model = checkpoint.load_model(args.checkpoint)
     dtype = {"float32": torch.float32, "float16": torch.float16}[args.dtype]
     if args.dtype != "float32" and args.format != "compact":
         raise ValueError("--dtype float16 applies to the compact format only")
@@ -137,7 +137,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     space = SearchSpace.named(args.space)
     model = LightHuBERT(space).eval()
     ckpt = out / f"supernet-{space.name}.pt"
-    convert.save_file(convert.official_checkpoint(model), ckpt)
+    checkpoint.save_file(checkpoint.official_checkpoint(model), ckpt)
     wavs = []
     for i, f0 in enumerate((110.0, 160.0, 220.0)):
         path = out / "audio" / f"utt{i}.wav"
@@ -145,7 +145,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         sf.write(path, data.synthetic_speech(2.0 + i, f0, seed=i).numpy(), data.SAMPLE_RATE)
         wavs.append(path)
     print(f"supernet checkpoint: {ckpt}; audio: {out / 'audio'}")
-    loaded = convert.load_model(ckpt)
+    loaded = checkpoint.load_model(ckpt)
     rows = _subnet_rows(space, [("default", space.default), ("max", space.max()), ("min", space.min())])
     for row, name in zip(rows, ("default", "max", "min")):
         loaded.set_subnet(name)

@@ -1,4 +1,5 @@
-"""Checkpoint formats <-> ours: safe loading, key tables, official LightHuBERT `.pt` files.
+"""Other formats <-> ours: state-dict key tables and configs of official LightHuBERT, fairseq,
+transformers and torchaudio models.
 
 Every conversion is a pure function over state dicts, driven by an explicit key table. An
 unknown key raises an error naming it; the keys we expect to drop are listed by name. The
@@ -7,24 +8,14 @@ two weight-norm spellings are handled here and nowhere else.
 
 from __future__ import annotations
 
-import argparse
 import ast
-import json
-import logging
-import os
-import pickle
 import re
-import tempfile
-from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
-import torch
 from torch import Tensor
 
 from .model import ModelConfig
-from .space import SearchSpace, SubnetConfig
-
-log = logging.getLogger(__name__)
+from .space import SearchSpace
 
 # Pretext-task and fine-tuning heads of fairseq checkpoints (the official LightHuBERT ones carry
 # the unreleased trainer's `final_proj.*` and `label_embs_concat`); dropped on load and reported.
@@ -35,71 +26,6 @@ _FAIRSEQ_DROPPED = re.compile(
 
 class CheckpointError(ValueError):
     """A file that is not a checkpoint we can read, or one whose contents do not fit."""
-
-
-class FairseqDictionary:
-    """Inert stand-in for `fairseq.data.dictionary.Dictionary` inside fairseq checkpoints.
-
-    The only non-builtin class in `hubert_base_ls960.pt`; its state (symbols, counts) is kept
-    as plain attributes, no fairseq code is imported or run.
-    """
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
-
-# The allow-list for `weights_only` loading beyond tensors and builtin containers.
-_SAFE_GLOBALS = [(FairseqDictionary, "fairseq.data.dictionary.Dictionary"), argparse.Namespace]
-
-
-def load_file(path: Union[str, Path]) -> dict[str, Any]:
-    """`torch.load` with `weights_only=True`: tensors and plain containers only, no pickled code.
-
-    fairseq's `Dictionary` and `argparse.Namespace` (old fairseq `args`) are allowed as inert
-    stand-ins; anything else that names a class is refused.
-
-    Raises:
-        CheckpointError: missing, truncated, not a PyTorch file, or referring to a class
-            that is not allowed; one line saying which.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    try:
-        with torch.serialization.safe_globals(_SAFE_GLOBALS):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        if found:
-            raise CheckpointError(
-                f"{path}: the checkpoint refers to the Python class {found.group(1)}, which safe loading "
-                "(weights_only=True) does not run; re-save it as plain tensors and dicts"
-            ) from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_line(e)})") from None
-    except Exception as e:  # torch.load on arbitrary bytes raises many types (IndexError, EOFError, ...)
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, maybe truncated ({_first_line(e)})") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}")
-    return obj
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
-def save_file(obj: dict[str, Any], path: Union[str, Path]) -> None:
-    """`torch.save` to a temporary file in the same folder, then rename: never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # -- state-dict key tables -------------------------------------------------------------------
@@ -266,22 +192,6 @@ def torchaudio_to_ours(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], lis
     return out, dropped + more
 
 
-def load_state(model: torch.nn.Module, state: dict[str, Tensor], source: str) -> None:
-    """`load_state_dict(strict=True)` with one-line errors naming the missing, extra or misshapen key."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    extra = [k for k in state if k not in own]
-    if missing or extra:
-        raise CheckpointError(
-            f"{source}: does not fit the model: missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
-            f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''}"
-        )
-    for k, v in state.items():
-        if tuple(v.shape) != tuple(own[k].shape):
-            raise CheckpointError(f"{source}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
-    model.load_state_dict(state, strict=True)
-
-
 # -- official LightHuBERT config --------------------------------------------------------------
 # official cfg['model'] key -> (ModelConfig field, converter)
 _OFFICIAL_CFG: dict[str, tuple[str, Callable[[Any], Any]]] = {
@@ -298,6 +208,23 @@ _OFFICIAL_CFG: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "dropout_input": ("dropout_input", float),
     "feature_grad_mult": ("feature_grad_mult", float),
 }
+
+
+def official_config(m: ModelConfig, space_name: str, stage1: bool = False) -> dict[str, Any]:
+    """The official `cfg['model']` dict of a 768-wide supernet (`hubert_pruner`) or stage-1 model."""
+    official = {key: getattr(m, field) for key, (field, _) in _OFFICIAL_CFG.items()}
+    official.update(
+        _name="student_hubert" if stage1 else "hubert_pruner",
+        pruner_supernet=f"{space_name}.yaml",
+        supernet_type=space_name if space_name in ("base", "small") else "base",
+        conv_feature_layers=repr([tuple(c) for c in m.conv_layers]),
+        encoder_layers=m.depth,
+        encoder_attention_heads=m.heads[0],
+        encoder_ffn_embed_dim=m.ffn_dim[0],
+        layer_pred_num=",".join(["0"] * (m.depth - 1) + ["1"]),
+        attention_dropout=0.0,
+    )
+    return official
 
 
 def parse_conv_layers(text: str) -> list[list[int]]:
@@ -368,69 +295,6 @@ def official_space(cfg: dict[str, Any]) -> SearchSpace:
     return SearchSpace.base()
 
 
-def load_official(ckpt: dict[str, Any], source: str):
-    """Builds a `LightHuBERT` from an official-format checkpoint dict (already loaded safely).
-
-    `hubert_pruner` (a supernet) starts at its space's default subnet; `student_hubert`
-    (stage 1) at `max`, as s3prl's `lighthubert_local` chooses. A checkpoint that we wrote
-    carries its own space in `cfg['lighthubert']`.
-
-    Returns:
-        (model, dropped keys).
-    """
-    from .supernet import LightHuBERT
-
-    cfg = ckpt.get("cfg")
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) or not isinstance(ckpt.get("model"), dict):
-        raise CheckpointError(f"{source}: not a LightHuBERT checkpoint (expected {{'cfg': {{'model': ...}}, 'model': state_dict}})")
-    mcfg = cfg["model"]
-    name = mcfg.get("_name")
-    if name not in ("hubert_pruner", "student_hubert"):
-        raise CheckpointError(f"{source}: model type {name!r} is not a LightHuBERT checkpoint ('hubert_pruner' or 'student_hubert')")
-    ours = cfg.get("lighthubert")
-    if isinstance(ours, dict) and "space" in ours:
-        space = SearchSpace.from_dict(ours["space"])
-    else:
-        task = cfg.get("task") if isinstance(cfg.get("task"), dict) else {}
-        model_cfg = fairseq_model_config(mcfg, task.get("normalize"))
-        base = official_space(mcfg)
-        space = SearchSpace(base.name, model_cfg, base.embed_dims, base.heads, base.ffn_ratios, base.depths, base.default)
-    state, dropped = official_to_ours(ckpt["model"])
-    model = LightHuBERT(space)
-    load_state(model, state, source)
-    subnet = ours.get("subnet") if isinstance(ours, dict) else None
-    model.set_subnet(SubnetConfig.from_official(subnet, space.model.head_dim) if subnet else ("max" if name == "student_hubert" else "default"))
-    return model.eval(), dropped
-
-
-def official_checkpoint(model, stage1: bool = False) -> dict[str, Any]:
-    """The official `{'cfg', 'model'}` dict for a `LightHuBERT`, loadable by the official code
-    and s3prl's `lighthubert_local` (for the 768-wide, 12-layer spaces), plus our space and
-    active subnet under `cfg['lighthubert']`."""
-    m, space = model.cfg, model.space
-    official = {key: getattr(m, field) for key, (field, _) in _OFFICIAL_CFG.items()}
-    official.update(
-        _name="student_hubert" if stage1 else "hubert_pruner",
-        pruner_supernet=f"{space.name}.yaml",
-        supernet_type=space.name if space.name in ("base", "small") else "base",
-        conv_feature_layers=repr([tuple(c) for c in m.conv_layers]),
-        encoder_layers=m.depth,
-        encoder_attention_heads=m.heads[0],
-        encoder_ffn_embed_dim=m.ffn_dim[0],
-        layer_pred_num=",".join(["0"] * (m.depth - 1) + ["1"]),
-        attention_dropout=0.0,
-    )
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return {
-        "cfg": {
-            "model": official,
-            "task": {"normalize": m.normalize, "sample_rate": 16000},
-            "lighthubert": {"space": space.to_dict(), "subnet": model.subnet.to_official(m.head_dim)},
-        },
-        "model": ours_to_official(state, m.extractor_mode),
-    }
-
-
 # -- transformers configs -------------------------------------------------------------------
 def hf_model_config(c: dict[str, Any], normalize: Optional[bool] = None) -> ModelConfig:
     """ModelConfig from a transformers `HubertConfig` / `Wav2Vec2Config` dict (`config.json`).
@@ -495,173 +359,3 @@ def hf_config(cfg: ModelConfig) -> dict[str, Any]:
     }
 
 
-# -- loading any checkpoint ----------------------------------------------------------------------
-FORMATS = ("lighthubert", "fairseq", "transformers", "torchaudio", "compact")
-
-
-def detect_format(obj: Union[dict[str, Any], Path]) -> str:
-    """Which of `FORMATS` a loaded checkpoint dict (or a folder) is; CheckpointError if none."""
-    if isinstance(obj, Path):
-        cfg_path = obj / "config.json"
-        if not cfg_path.is_file():
-            raise CheckpointError(f"{obj}: a folder without config.json is neither a transformers model nor a compact export")
-        try:
-            cfg = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{cfg_path}: invalid JSON ({e})") from None
-        return "compact" if isinstance(cfg, dict) and cfg.get("format") == COMPACT_FORMAT else "transformers"
-    cfg = obj.get("cfg")
-    name = cfg.get("model", {}).get("_name") if isinstance(cfg, dict) and isinstance(cfg.get("model"), dict) else None
-    if name in ("hubert_pruner", "student_hubert"):
-        return "lighthubert"
-    if name is not None or obj.get("args") is not None:
-        return "fairseq"
-    if obj and all(isinstance(v, Tensor) for v in obj.values()) and any(".transformer.layers." in k for k in obj):
-        return "torchaudio"
-    raise CheckpointError(
-        "not a checkpoint this package reads: expected an official LightHuBERT / fairseq .pt "
-        "({'cfg' or 'args', 'model'}), a torchaudio state dict, a transformers folder or a compact export"
-    )
-
-
-COMPACT_FORMAT = "lighthubert-compact"
-
-
-def load_model(path: Union[str, Path], subnet: Union[str, SubnetConfig, dict, None] = None):
-    """Loads any model this package reads, safely; the entry point behind `lighthubert.load`.
-
-    Args:
-        path: an official-format LightHuBERT checkpoint (ours included), a fairseq HuBERT /
-            wav2vec 2.0 `.pt`, a torchaudio state dict, a transformers folder, or a compact export.
-        subnet: for a supernet, `default` / `max` / `min` / JSON / a `SubnetConfig`; None keeps
-            the checkpoint's own choice (s3prl's: `max` for stage 1, the space default otherwise).
-
-    Returns:
-        A `LightHuBERT` (supernets) or `HuBERT` (everything else), in eval mode.
-
-    Raises:
-        CheckpointError: unreadable or unsupported files, keys or shapes that do not fit.
-    """
-    from .supernet import LightHuBERT
-
-    kind, model = load_with_format(path)
-    if subnet is not None:
-        if not isinstance(model, LightHuBERT):
-            raise CheckpointError(f"{path} is a fixed-shape {kind} model; a subnet can only be chosen for a supernet")
-        model.set_subnet(subnet)
-    return model
-
-
-def load_with_format(path: Union[str, Path]):
-    """`load_model` without a subnet choice, also returning which of `FORMATS` the file was."""
-    path = Path(path)
-    if path.is_dir():
-        kind = detect_format(path)
-        model, dropped = (_load_compact if kind == "compact" else _load_transformers)(path)
-    else:
-        ckpt = load_file(path)
-        kind = detect_format(ckpt)
-        loader = {"lighthubert": load_official, "fairseq": _load_fairseq, "torchaudio": _load_torchaudio}[kind]
-        model, dropped = loader(ckpt, str(path))
-    if dropped:
-        log.info("%s: dropped %d head / pre-training tensors (%s ...)", path, len(dropped), dropped[0])
-    return kind, model.eval()
-
-
-def _dense(cfg: ModelConfig, state: dict[str, Tensor], source: str):
-    from .model import HuBERT
-
-    model = HuBERT(cfg)
-    if "mask_emb" not in state:  # transformers drops it when spec-augment is off; unused at inference
-        state["mask_emb"] = torch.zeros(cfg.embed_dim)
-    load_state(model, state, source)
-    return model
-
-
-def _load_fairseq(ckpt: dict[str, Any], source: str):
-    cfg = ckpt.get("cfg")
-    if isinstance(cfg, dict) and isinstance(cfg.get("model"), dict):
-        mcfg, task = cfg["model"], cfg.get("task") or {}
-    elif ckpt.get("args") is not None:  # pre-hydra fairseq: one argparse Namespace
-        mcfg = task = vars(ckpt["args"]) if isinstance(ckpt["args"], argparse.Namespace) else dict(ckpt["args"])
-    else:
-        raise CheckpointError(f"{source}: a fairseq checkpoint without a model config")
-    name = mcfg.get("_name", mcfg.get("arch"))
-    if name in ("hubert_ctc", "wav2vec_ctc", "hubert_seq2seq"):  # fine-tuned: the encoder's own config is inside
-        inner = mcfg.get("w2v_args")
-        if not isinstance(inner, dict) or not isinstance(inner.get("model"), dict):
-            raise CheckpointError(f"{source}: fine-tuned {name} checkpoint without its pre-training config (w2v_args)")
-        mcfg, task = inner["model"], inner.get("task") or task
-        name = mcfg.get("_name")
-    if name not in ("hubert", "wav2vec2", "data2vec_audio") and not str(name).startswith(("hubert", "wav2vec")):
-        raise CheckpointError(f"{source}: fairseq model type {name!r} is not a HuBERT / wav2vec 2.0 encoder")
-    if not isinstance(ckpt.get("model"), dict):
-        raise CheckpointError(f"{source}: fairseq checkpoint without a 'model' state dict")
-    model_cfg = fairseq_model_config(mcfg, task.get("normalize"), lighthubert=False)
-    state, dropped = official_to_ours(ckpt["model"])
-    return _dense(model_cfg, state, source), dropped
-
-
-def _load_torchaudio(state: dict[str, Tensor], source: str):
-    """torchaudio keeps no config: it is read off the shapes. Heads assume 64-dim heads (all
-    torchaudio HuBERT / wav2vec 2.0 factories), strides the standard 5,2,2,...; a layer-norm
-    front end implies pre-LN layers and normalised input, as in torchaudio's large factories."""
-    ours, dropped = torchaudio_to_ours(state)
-    conv, i = [], 0
-    while f"feature_extractor.conv_layers.{i}.conv.weight" in ours:
-        w = ours[f"feature_extractor.conv_layers.{i}.conv.weight"]
-        conv.append([w.shape[0], w.shape[2], 5 if i == 0 else 2])
-        i += 1
-    layers = len({k.split(".")[2] for k in ours if k.startswith("encoder.layers.")})
-    if not conv or not layers:
-        raise CheckpointError(f"{source}: no conv front end or Transformer layers found")
-    embed = ours["post_extract_proj.weight"].shape[0]
-    layer_norm = "feature_extractor.conv_layers.1.norm.weight" in ours
-    cfg = ModelConfig(
-        conv_layers=conv, extractor_mode="layer_norm" if layer_norm else "default",
-        conv_bias="feature_extractor.conv_layers.0.conv.bias" in ours, embed_dim=embed,
-        heads=[embed // 64] * layers, ffn_dim=[ours["encoder.layers.0.fc1.weight"].shape[0]] * layers,
-        conv_pos=ours["encoder.pos_conv.0.weight_v"].shape[2], conv_pos_groups=embed // ours["encoder.pos_conv.0.weight_v"].shape[1],
-        layer_norm_first=layer_norm, pred_dim=0, normalize=layer_norm,
-    )
-    return _dense(cfg, ours, source), dropped
-
-
-def _load_transformers(path: Path):
-    cfg = json.loads((path / "config.json").read_text())
-    normalize = None
-    pre = path / "preprocessor_config.json"
-    if pre.is_file():
-        normalize = json.loads(pre.read_text()).get("do_normalize")
-    state, dropped = hf_to_ours(_read_weights(path))
-    return _dense(hf_model_config(cfg, normalize), state, str(path)), dropped
-
-
-def _read_weights(path: Path) -> dict[str, Tensor]:
-    """transformers weights: model.safetensors, a sharded index, or pytorch_model.bin (safely)."""
-    from safetensors.torch import load_file as load_safetensors
-
-    if (path / "model.safetensors").is_file():
-        return load_safetensors(path / "model.safetensors")
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        missing = [s for s in shards if not (path / s).is_file()]
-        if missing:
-            raise CheckpointError(f"{path}: missing weight shard(s) {missing}")
-        return {k: v for s in shards for k, v in load_safetensors(path / s).items()}
-    if (path / "pytorch_model.bin").is_file():
-        return load_file(path / "pytorch_model.bin")
-    raise CheckpointError(f"{path}: no weight file (model.safetensors or pytorch_model.bin) next to config.json")
-
-
-def _load_compact(path: Path):
-    from safetensors.torch import load_file as load_safetensors
-
-    meta = json.loads((path / "config.json").read_text())
-    cfg = ModelConfig.from_dict(meta["model"])
-    weights = path / "model.safetensors"
-    if not weights.is_file():
-        raise CheckpointError(f"{path}: compact export without model.safetensors")
-    state = {k: v.float() for k, v in load_safetensors(weights).items()}
-    return _dense(cfg, state, str(path)), []

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from . import convert
+from . import checkpoint, convert
 from .model import HuBERT, ModelConfig
 from .space import SubnetConfig
 from .supernet import LightHuBERT
@@ -58,7 +59,7 @@ def export_subnet(
             raise ValueError("the official format holds a supernet; export a dense model as compact, hf or onnx")
         if subnet is not None:
             model.set_subnet(subnet)
-        convert.save_file(convert.official_checkpoint(model), output)
+        checkpoint.save_file(checkpoint.official_checkpoint(model), output)
         return output
     dense, cfg = dense_model(model, subnet)
     dense = dense.eval()
@@ -74,13 +75,11 @@ def export_subnet(
 def save_compact(model: HuBERT, cfg: ModelConfig, output: Path, dtype: torch.dtype = torch.float32,
                  subnet: Optional[SubnetConfig] = None) -> None:
     """`output/model.safetensors` (in `dtype`) + `output/config.json`; loads back with `strict=True`."""
-    from safetensors.torch import save_file
-
     output.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(output / "model.safetensors"))
     meta = {
-        "format": convert.COMPACT_FORMAT,
+        "format": checkpoint.COMPACT_FORMAT,
         "version": 1,
         "model": cfg.asdict(),
         "subnet": None if subnet is None else subnet.to_official(cfg.head_dim),
@@ -111,8 +110,6 @@ def hf_compatible(cfg: ModelConfig) -> None:
 
 def save_hf(model: HuBERT, cfg: ModelConfig, output: Path) -> None:
     """A transformers folder: config.json, model.safetensors, preprocessor_config.json."""
-    from safetensors.torch import save_file
-
     hf_compatible(cfg)
     state = {k: v.detach().cpu().float() for k, v in model.state_dict().items()}
     e, a = cfg.embed_dim, cfg.heads[0] * cfg.head_dim
