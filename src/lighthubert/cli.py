@@ -89,7 +89,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     log.info("model %s", _shape(model))
     report = extract_files(model, args.audio, args.output, layer=args.layer,
                            max_batch_samples=int(args.batch_seconds * data.SAMPLE_RATE), progress=not args.quiet)
-    for path, reason in report.failed:
+    for _, reason in report.failed:
         print(f"lighthubert: failed: {reason}", file=sys.stderr)
     print(f"wrote {len(report.written)} file(s) to {args.output}, {len(report.failed)} failed")
     return 1 if report.failed else 0
