@@ -25,7 +25,9 @@ waveform. The weights are random (the speed does not depend on them).
 
 It also prints where our time goes: the conv front end (`model.feature_extractor(wav)`,
 timed on its own, for the official model too) against the rest (full time minus front end).
-CPU timings are noisy on a shared machine: run it more than once.
+CPU timings are noisy on a shared machine: run it more than once, and prefer `--threads 1`
+there (with every core busy, a competing process stalls the multi-threaded runs unevenly;
+the "per-repeat ratios" column shows how much the repeats disagree).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 
@@ -81,7 +83,7 @@ def sample_ms(timers: dict[str, Timer], warmup: int, repeats: int) -> dict[str, 
     return samples
 
 
-def set_threads(threads: Optional[int]) -> int:
+def set_threads(threads: int | None) -> int:
     if threads:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
@@ -175,21 +177,17 @@ class OfficialWorker:
         self.proc.wait()
 
 
-def bench(args: argparse.Namespace, wav: torch.Tensor, official: Optional[OfficialWorker]) -> dict[str, dict]:
-    """Per space: the subnet and the samples of ours / official, total and conv front end."""
-    results = {}
-    for space in args.spaces:
-        model = build_ours(space)
-        timers = {"ours total": timer(lambda: model(wav))}
-        if official:
-            timers["official total"] = lambda: official.time(space, "total")
-        timers["ours conv"] = timer(lambda: model.feature_extractor(wav))
-        if official:
-            timers["official conv"] = lambda: official.time(space, "conv")
-        with torch.inference_mode():
-            results[space] = {"subnet": model.subnet.describe(), **sample_ms(timers, args.warmup, args.repeats)}
-        del model
-    return results
+def bench_space(space: str, args: argparse.Namespace, wav: torch.Tensor, official: OfficialWorker | None) -> dict:
+    """The subnet and the samples (ms) of ours / official, whole pass and conv front end."""
+    model = build_ours(space)
+    timers = {"ours total": timer(lambda: model(wav))}
+    if official:
+        timers["official total"] = lambda: official.time(space, "total")
+    timers["ours conv"] = timer(lambda: model.feature_extractor(wav))
+    if official:
+        timers["official conv"] = lambda: official.time(space, "conv")
+    with torch.inference_mode():
+        return {"subnet": model.subnet.describe(), **sample_ms(timers, args.warmup, args.repeats)}
 
 
 # -- report --------------------------------------------------------------------------------
@@ -197,7 +195,7 @@ def report(results: dict[str, dict], official_note: str) -> None:
     med = statistics.median
     compared = all("official total" in r for r in results.values())
     print(f"\nExtraction time, median ms (target: ours/official <= {TARGET_RATIO:.2f}x)")
-    head = f"{'model':<6} {'subnet':<18} {'ours ms':>9} {'official ms':>12} {'ratio':>6}  {'target':<15} per-repeat ratios"
+    head = f"{'model':<6} {'subnet':<18} {'ours ms':>9} {'official ms':>12} {'ratio':>7}  {'target':<15} per-repeat ratios"
     print(head)
     print("-" * len(head))
     for space, r in results.items():
@@ -207,10 +205,10 @@ def report(results: dict[str, dict], official_note: str) -> None:
             ratio = ours / off
             paired = [a / b for a, b in zip(r["ours total"], r["official total"])]
             verdict = f"<= {TARGET_RATIO:.2f}x " + ("met" if ratio <= TARGET_RATIO else "MISSED")
-            print(f"{space:<6} {r['subnet']:<18} {ours:>9.1f} {off:>12.1f} {ratio:>5.2f}x  {verdict:<15} "
+            print(f"{space:<6} {r['subnet']:<18} {ours:>9.1f} {off:>12.1f} {ratio:>6.3f}x  {verdict:<15} "
                   f"{min(paired):.2f}-{max(paired):.2f}")
         else:
-            print(f"{space:<6} {r['subnet']:<18} {ours:>9.1f} {'n/a':>12} {'n/a':>6}  <= {TARGET_RATIO:.2f}x unchecked")
+            print(f"{space:<6} {r['subnet']:<18} {ours:>9.1f} {'n/a':>12} {'n/a':>7}  <= {TARGET_RATIO:.2f}x unchecked")
     if not compared:
         print(official_note)
 
@@ -273,15 +271,18 @@ def main() -> None:
         print(f"official: {official_path} (child process, runs interleaved with ours)")
         official = OfficialWorker(args, official_path)
         if official.threads != threads:
+            official.close()
             sys.exit(f"thread counts differ: ours {threads}, official {official.threads}")
     try:
-        results = bench(args, make_wave(args.seconds, args.seed), official)
+        wav = make_wave(args.seconds, args.seed)
+        results = {space: bench_space(space, args, wav, official) for space in args.spaces}
     finally:
         if official:
             official.close()
     report(results, note)
     if args.profile:
         profile_ours(args, make_wave(args.seconds, args.seed))
+
 
 if __name__ == "__main__":
     main()

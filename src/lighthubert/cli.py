@@ -15,13 +15,14 @@ import soundfile as sf
 import torch
 import yaml
 
-from . import checkpoint, data
+from . import checkpoint, data, distributed
 from .export import FORMATS as EXPORT_FORMATS
 from .export import export_subnet
 from .extract import extract, extract_files
 from .model import HuBERT
 from .space import SearchSpace, SubnetConfig, count_macs, count_subnet_params, format_count
 from .supernet import LightHuBERT
+from .trainer import DistillConfig, Trainer, TrainingError
 
 log = logging.getLogger("lighthubert")
 
@@ -130,6 +131,31 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    overrides = tuple(args.set or ()) + tuple(f"{k}={v}" for k, v in (("stage", args.stage), ("method", args.method)) if v is not None)
+    cfg = DistillConfig.from_yaml(args.config, overrides)
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    missing = [f"--{n}" for n in ("teacher", "train", "out") if not getattr(args, n)]
+    if missing:
+        raise ValueError(f"distill needs {', '.join(missing)}")
+    out = Path(args.out)
+    if not args.resume and any(out.glob("step-*.pt")):
+        raise ValueError(f"{out} already holds checkpoints; pass --resume to continue that run or choose another --out")
+    ctx = distributed.init(cfg.device)
+    try:
+        trainer = Trainer(cfg, args.teacher, args.train, args.valid, args.out, init=args.init, ctx=ctx)
+        if args.resume and not trainer.resume():
+            log.info("--resume: no checkpoint in %s yet, starting from scratch", out)
+        summary = trainer.fit()
+    finally:
+        distributed.shutdown()
+    if ctx.is_main:
+        print(json.dumps({k: v for k, v in summary.items() if k != "type"}))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Interim main job: a seeded supernet, generated speech-like audio, extraction at each named subnet."""
     out = Path(args.out)
@@ -160,6 +186,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         row["features"] = "x".join(map(str, np.load(report.written[0]).shape))
     print(f"space {space.name}: {space.num_subnets:,} subnets")
     _print_table(rows, extra=("latency", "features"))
+    return 0
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    exts = [e.strip() for e in args.ext.split(",") if e.strip()]
+    if not exts:
+        raise ValueError(f"--ext must list extensions such as flac,wav; got {args.ext!r}")
+    paths = data.write_manifest(args.audio_dir, args.out, args.valid_percent, exts, args.seed)
+    train, valid = (data.read_manifest(path) for path in paths)
+    print(f"wrote {paths[0]} ({len(train.entries)} files) and {paths[1]} ({len(valid.entries)} files); root {train.root}")
     return 0
 
 
@@ -204,10 +240,37 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="compact weights dtype")
     x.set_defaults(func=cmd_export)
 
+    t = sub.add_parser("distill", help="two-stage LightHuBERT distillation (stage 1 / 2) from a teacher",
+                       description="Trains a student from a teacher on fairseq .tsv manifests. One process, or "
+                                   "many with torchrun (DDP). Settings: --config YAML and --set key=value; "
+                                   "--print-config lists them all with their values.")
+    t.add_argument("--stage", type=int, choices=(1, 2), help="1: full-size student; 2: once-for-all supernet (needs --init)")
+    t.add_argument("--method", choices=("lighthubert", "distilhubert"), help="recipe (default lighthubert)")
+    t.add_argument("--teacher", help="teacher checkpoint: fairseq .pt, transformers folder, torchaudio, compact, LightHuBERT")
+    t.add_argument("--train", help="training manifest (.tsv)")
+    t.add_argument("--valid", help="validation manifest (.tsv)")
+    t.add_argument("--out", help="run folder: config.yaml, log.jsonl, step-N.pt checkpoints")
+    t.add_argument("--config", help="YAML file of DistillConfig settings")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
+    t.add_argument("--init", help="initial student weights (stage 2: the stage-1 checkpoint)")
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    t.add_argument("--print-config", action="store_true", help="print the effective config as YAML and exit")
+    t.set_defaults(func=cmd_distill)
+
     d = sub.add_parser("demo", help="seeded supernet + generated audio: save, reload, extract at each named subnet")
     d.add_argument("--space", default="small", help="base | small | a YAML file (default small)")
     d.add_argument("--out", default="lighthubert-demo", help="output folder (default ./lighthubert-demo)")
     d.set_defaults(func=cmd_demo)
+
+    m = sub.add_parser("manifest", help="write fairseq train.tsv/valid.tsv manifests for an audio folder",
+                       description="Finds audio files recursively and writes OUT/train.tsv and OUT/valid.tsv in "
+                                   "fairseq's wav2vec_manifest.py format: the root folder, then path<TAB>frames.")
+    m.add_argument("audio_dir", help="folder searched recursively")
+    m.add_argument("--out", required=True, help="output folder for train.tsv and valid.tsv")
+    m.add_argument("--valid-percent", type=float, default=0.01, help="fraction in [0, 1] sent to valid.tsv (default 0.01 = 1%%)")
+    m.add_argument("--ext", default="flac,wav", help="comma-separated extensions, case-insensitive (default flac,wav)")
+    m.add_argument("--seed", type=int, default=42, help="seed of the train/valid split (default 42)")
+    m.set_defaults(func=cmd_manifest)
     return p
 
 
@@ -216,6 +279,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, OSError, yaml.YAMLError) as e:
+    except (ValueError, OSError, yaml.YAMLError, TrainingError) as e:
         print(f"lighthubert: error: {e}", file=sys.stderr)
         return 2

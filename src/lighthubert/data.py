@@ -1,10 +1,17 @@
-"""Audio in: soundfile loading, mono down-mix, resampling to 16 kHz, normalisation, padding."""
+"""Audio in: soundfile loading, mono down-mix, resampling to 16 kHz, normalisation, padding;
+and the training pipeline: fairseq `.tsv` manifests, a dataset that reports bad files instead of
+raising, size-bucketed batches sharded across ranks, and fairseq's crop-to-shortest collate.
+"""
 
 from __future__ import annotations
 
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass
 from math import gcd
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 import soundfile as sf
@@ -12,12 +19,31 @@ import torch
 import torch.nn.functional as F
 from scipy.signal import resample_poly
 from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+
+log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
+SILENCE_PEAK = 1e-6  # a waveform whose peak |x| is below this is silent: nothing to distil
+SKIP_KINDS = ("missing", "unreadable", "empty", "non-finite", "silent", "too short")
+_READ_ERRORS = (sf.LibsndfileError, RuntimeError, OSError, TypeError)  # what soundfile raises on a bad file
 
 
 class AudioError(ValueError):
-    """An audio file that cannot be used: unreadable, empty, non-finite or too short."""
+    """An audio file that cannot be used: unreadable, empty, non-finite or too short.
+
+    `kind` (one of `SKIP_KINDS`, or "unusable" when the raiser did not say) lets the training
+    data pipeline count skipped files by cause; the message is one line naming the file.
+    """
+
+    def __init__(self, message: str, kind: str = "unusable") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    @property
+    def reason(self) -> str:
+        """`"<kind>: <message>"`, the form `AudioDataset` reports and `SkipCounter` parses."""
+        return f"{self.kind}: {self}"
 
 
 def load_audio(path: Union[str, Path], sample_rate: int = SAMPLE_RATE) -> Tensor:
@@ -30,21 +56,33 @@ def load_audio(path: Union[str, Path], sample_rate: int = SAMPLE_RATE) -> Tensor
         (N,) float32 waveform.
 
     Raises:
-        AudioError: unreadable, empty or non-finite audio; one line naming the file.
+        AudioError: missing, unreadable, empty or non-finite audio; one line naming the file.
     """
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
-        raise AudioError(f"{path}: cannot read audio ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+    except _READ_ERRORS as e:
+        # libsndfile says "System error." for a missing file and "Format not recognised." for a
+        # 0-byte one; name those causes so a skipped-files summary can count them.
+        if not Path(path).exists():
+            raise AudioError(f"{path}: cannot read audio (file not found)", "missing") from None
+        if Path(path).is_file() and Path(path).stat().st_size == 0:
+            raise AudioError(f"{path}: empty file (0 bytes)", "empty") from None
+        raise AudioError(f"{path}: cannot read audio ({_first_line(e)})", "unreadable") from None
     if data.shape[0] == 0:
-        raise AudioError(f"{path}: empty audio (0 samples)")
+        raise AudioError(f"{path}: empty audio (0 samples)", "empty")
     x = data.mean(axis=1)
     if sr != sample_rate:
         g = gcd(int(sr), sample_rate)
         x = resample_poly(x, sample_rate // g, int(sr) // g).astype(np.float32)
     if not np.isfinite(x).all():
-        raise AudioError(f"{path}: audio contains NaN or infinite samples")
+        raise AudioError(f"{path}: audio contains NaN or infinite samples", "non-finite")
     return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of an exception's message (libsndfile's can span several), or its type."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def normalize(wav: Tensor) -> Tensor:
@@ -81,3 +119,316 @@ def synthetic_speech(seconds: float, f0: float, seed: int = 0, sample_rate: int 
     noise = torch.randn(n, generator=g)
     x = syllable * (0.6 * voiced + 0.4 * formants * voiced.abs()) + (1 - syllable) * 0.3 * noise
     return (0.9 * x / x.abs().max()).float()
+
+
+# ---------------------------------------------------------------------------------------------
+# Training data: manifests, dataset, batching, collate
+
+
+@dataclass
+class Manifest:
+    """A fairseq `.tsv` manifest (`examples/wav2vec/wav2vec_manifest.py`) in memory."""
+
+    root: Path  # line 1: the folder the paths are relative to
+    entries: list[tuple[str, int]]  # (path relative to root, frames at the file's own rate)
+
+
+def write_manifest(
+    audio_dir: Union[str, Path],
+    out_dir: Union[str, Path],
+    valid_percent: float = 0.01,
+    exts: Sequence[str] = ("flac", "wav"),
+    seed: int = 42,
+) -> tuple[Path, Path]:
+    """Writes `out_dir/train.tsv` and `out_dir/valid.tsv` for every audio file under `audio_dir`.
+
+    The format is fairseq's `wav2vec_manifest.py`, which HuBERT and DistilHuBERT recipes read:
+    line 1 is the absolute root, then `relative/path<TAB>frames` with `soundfile.info().frames`
+    at the file's own rate. Files are found recursively (extensions case-insensitive) and
+    sorted, so the same folder and seed always give the same split: one `random.Random(seed)`
+    draw per file, in sorted order, sends it to valid with probability `valid_percent`
+    (drawn before the file is read, so an unreadable file does not shift the others).
+    Unreadable files are left out with a warning each and a count at the end.
+
+    Args:
+        audio_dir: folder to search.
+        out_dir: where the two manifests go (created if needed).
+        valid_percent: fraction in [0, 1] sent to valid.tsv (named as fairseq's flag; 0.01 = 1%).
+        exts: file extensions, without or with the dot.
+        seed: seeds the split.
+
+    Returns:
+        Paths of train.tsv and valid.tsv.
+
+    Raises:
+        ValueError: `audio_dir` is not a folder, holds no matching file, or `valid_percent` is
+            outside [0, 1].
+    """
+    root = Path(audio_dir).resolve()
+    if not root.is_dir():
+        raise ValueError(f"{audio_dir}: not a folder; pass the folder that holds the audio files")
+    if not 0 <= valid_percent <= 1:
+        raise ValueError(f"valid_percent must be a fraction in [0, 1] (0.01 = 1%), got {valid_percent}")
+    suffixes = {"." + e.lower().lstrip(".") for e in exts}
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
+    if not files:
+        raise ValueError(f"{root}: no files with extension {'/'.join(sorted(suffixes))} found (searched recursively); "
+                         "check the folder or pass other extensions")
+    rng = random.Random(seed)
+    lines: dict[str, list[str]] = {"train": [str(root)], "valid": [str(root)]}
+    skipped = 0
+    for rel in files:
+        split = "valid" if rng.random() < valid_percent else "train"
+        try:
+            if "\t" in rel or len(rel.splitlines()) != 1:
+                raise ValueError("a tab or line break in the name cannot be written to a .tsv manifest")
+            frames = sf.info(str(root / rel)).frames
+        except (*_READ_ERRORS, ValueError) as e:
+            log.warning("%s: skipped, %s", root / rel, _first_line(e))
+            skipped += 1
+            continue
+        lines[split].append(f"{rel}\t{frames}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = out / "train.tsv", out / "valid.tsv"
+    for path, split in zip(paths, ("train", "valid")):
+        path.write_text("\n".join(lines[split]) + "\n")
+    log.info("%s: %d train, %d valid, %d skipped", root, len(lines["train"]) - 1, len(lines["valid"]) - 1, skipped)
+    return paths
+
+
+def read_manifest(path: Union[str, Path]) -> Manifest:
+    """Reads a fairseq `.tsv` manifest written by `write_manifest` or `wav2vec_manifest.py`.
+
+    Raises:
+        ValueError: an empty file, a root line that looks like an entry, or an entry without
+            exactly one tab or with a frame count that is not a non-negative integer; one line
+            naming the file and line number.
+    """
+    lines = Path(path).read_text().splitlines()
+    if not lines or not lines[0].strip():
+        raise ValueError(f"{path}: empty manifest; line 1 must be the root folder, then one 'relative/path<TAB>frames' per line")
+    if "\t" in lines[0]:
+        raise ValueError(f"{path}:1: expected the root folder, found a tab; add the folder the paths are relative to as line 1")
+    entries = []
+    for n, line in enumerate(lines[1:], start=2):
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise ValueError(f"{path}:{n}: expected 'relative/path<TAB>frames', found {len(fields) - 1} tabs in {line!r}")
+        rel, frames = fields
+        if not (frames.strip().isascii() and frames.strip().isdigit()):
+            raise ValueError(f"{path}:{n}: frame count must be a non-negative integer, found {frames!r}")
+        entries.append((rel, int(frames)))
+    return Manifest(Path(lines[0].strip()), entries)
+
+
+class AudioDataset(Dataset):
+    """Utterances of a manifest as 16 kHz mono float32; a bad file is reported, never raised.
+
+    Length filters use the manifest's frame counts as 16 kHz samples, as fairseq's
+    `HubertDataset` does (`min_keep`/`max_keep`): the manifest does not record the rate, and
+    reading every header again would cost a pass over the corpus. For 16 kHz corpora
+    (LibriSpeech) they are exact; at other rates they are off by the rate ratio (an 8 kHz
+    file loads as twice its count), which filters and batch budgets must allow for.
+    A file is still checked against `min_samples` after loading, so a short resampled file is
+    reported rather than batched.
+
+    Args:
+        manifest: path of a `.tsv` manifest.
+        min_samples: drop utterances with fewer frames (fairseq's `min_sample_size`).
+        max_samples: drop utterances with more frames; None keeps all.
+    """
+
+    def __init__(self, manifest: Union[str, Path], min_samples: int = 0, max_samples: Optional[int] = None) -> None:
+        m = read_manifest(manifest)
+        self.root = m.root
+        self.min_samples = min_samples
+        kept = [(rel, n) for rel, n in m.entries if n >= min_samples and (max_samples is None or n <= max_samples)]
+        self.paths = [rel for rel, _ in kept]
+        self.sizes = [n for _, n in kept]  # manifest frames, taken as 16 kHz samples
+        short = sum(n < min_samples for _, n in m.entries)
+        log.info("%s: kept %d of %d utterances; filtered %d below min_samples %d and %d above max_samples %s",
+                 manifest, len(kept), len(m.entries), short, min_samples, len(m.entries) - len(kept) - short, max_samples)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        """Returns `{"index": i, "wav": (N,) float32 or None, "error": None or "<kind>: <path>: <why>"}`."""
+        path = self.root / self.paths[i]
+        try:
+            wav = load_audio(path)
+            if wav.numel() < self.min_samples:
+                raise AudioError(f"{path}: {wav.numel()} samples at 16 kHz, fewer than min_samples {self.min_samples}", "too short")
+            peak = wav.abs().max().item()
+            if peak < SILENCE_PEAK:
+                raise AudioError(f"{path}: silent (peak {peak:.1e} below {SILENCE_PEAK:.0e})", "silent")
+        except AudioError as e:
+            log.debug("%s", e.reason)
+            return {"index": i, "wav": None, "error": e.reason}
+        return {"index": i, "wav": wav, "error": None}
+
+
+def batch_by_size(sizes: Sequence[int], max_batch_samples: int, max_crop: Optional[int] = None) -> list[list[int]]:
+    """Groups indices, shortest first (ties by index), so that `len(batch) * largest <= max_batch_samples`.
+
+    Sizes are capped at `max_crop` first, since the collate crops to at most that. This is
+    fairseq's `batch_by_size` under `max_tokens` with sizes sorted as `ordered_indices` does.
+
+    Raises:
+        ValueError: one utterance alone exceeds the budget; names it and the ways out.
+    """
+    capped = [n if max_crop is None else min(n, max_crop) for n in sizes]
+    batches: list[list[int]] = []
+    for i in sorted(range(len(sizes)), key=lambda i: (capped[i], i)):
+        if capped[i] > max_batch_samples:
+            raise ValueError(f"utterance {i} has {capped[i]} samples, more than max_batch_samples {max_batch_samples}; "
+                             "raise the budget, set max_crop or filter with max_samples")
+        if batches and (len(batches[-1]) + 1) * capped[i] <= max_batch_samples:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Size-bucketed batches under a total-samples budget, shuffled per epoch and sharded by rank.
+
+    Batches are formed once (`batch_by_size`); each epoch shuffles their order with
+    `random.Random(seed + epoch)`, the same on every rank, then rank r takes batches
+    r, r + R, r + 2R, ... The batch count is made a multiple of R so every rank steps the same
+    number of times (DDP hangs otherwise): `drop_last` drops the last few shuffled batches
+    (different ones each epoch), otherwise the first few are repeated, as `DistributedSampler`
+    pads. Everything runs in the main process, so DataLoader workers cannot change it.
+
+    Args:
+        sizes: utterance lengths in samples (`AudioDataset.sizes`).
+        max_batch_samples: budget for `len(batch) * largest size in batch`.
+        seed: shuffling seed; the same on every rank.
+        num_replicas: number of ranks R.
+        rank: this rank, in 0..R-1.
+        shuffle: shuffle the batch order each epoch; otherwise shortest batches first.
+        drop_last: drop rather than repeat batches to make the count a multiple of R.
+        max_crop: cap on sizes when batching, for a collate that crops to this many samples.
+
+    Raises:
+        ValueError: a bad rank or budget, an utterance over budget, or no batch for this rank.
+    """
+
+    def __init__(self, sizes: Sequence[int], max_batch_samples: int, seed: int, num_replicas: int = 1, rank: int = 0,
+                 shuffle: bool = True, drop_last: bool = True, max_crop: Optional[int] = None) -> None:
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in 0..num_replicas-1 with num_replicas >= 1, got rank {rank} of {num_replicas}")
+        if max_batch_samples < 1:
+            raise ValueError(f"max_batch_samples must be positive, got {max_batch_samples}")
+        self.batches = batch_by_size(sizes, max_batch_samples, max_crop)
+        self.seed, self.num_replicas, self.rank = seed, num_replicas, rank
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.epoch = 0
+        self._resume: Optional[tuple[int, int]] = None  # (epoch, batches to skip) for the next __iter__
+        if len(self) == 0:
+            raise ValueError(f"{len(self.batches)} batch(es) for {num_replicas} ranks leaves none per rank; "
+                             "lower max_batch_samples, add data or set drop_last=False")
+
+    def __len__(self) -> int:
+        """Batches per rank in a full epoch (also after `set_position`, which only skips)."""
+        n, r = len(self.batches), self.num_replicas
+        return n // r if self.drop_last else -(-n // r)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the batch order of `epoch`; call before each epoch, as with `DistributedSampler`."""
+        self.epoch = epoch
+
+    def set_position(self, epoch: int, batches_done: int) -> None:
+        """Resumes mid-epoch: the next `__iter__` yields `epoch`'s batches after the first `batches_done`.
+
+        Raises:
+            ValueError: `batches_done` outside 0..len(self).
+        """
+        if not 0 <= batches_done <= len(self):
+            raise ValueError(f"batches_done must be in 0..{len(self)} (batches per rank), got {batches_done}")
+        self.epoch = epoch
+        self._resume = (epoch, batches_done)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = list(range(len(self.batches)))
+        if self.shuffle:
+            random.Random(self.seed + self.epoch).shuffle(order)
+        total = len(self) * self.num_replicas
+        order = [order[k % len(order)] for k in range(total)]  # drop the tail, or repeat from the head
+        skip = self._resume[1] if self._resume and self._resume[0] == self.epoch else 0
+        self._resume = None
+        # A list, not a generator, so the resume offset is consumed when iteration starts.
+        return iter([list(self.batches[b]) for b in order[self.rank :: self.num_replicas][skip:]])
+
+
+class CropCollate:
+    """DataLoader `collate_fn`: drops bad items, crops the rest to the shortest, capped.
+
+    fairseq's `HubertDataset.collater` with `pad_audio=False, random_crop=True`: every
+    utterance is cropped to the shortest in the batch (at most `max_samples`) at a random
+    offset, so no padding or mask is needed. The offsets come from an RNG seeded by `seed` and
+    the batch's sorted indices, so a batch is the same whichever worker builds it and again
+    after a resume. A plain class with int fields, so it pickles into worker processes.
+
+    Args:
+        max_samples: crop cap (fairseq's `max_sample_size`, 250000 in the HuBERT recipe); None: no cap.
+        seed: non-negative crop seed.
+    """
+
+    def __init__(self, max_samples: Optional[int] = None, seed: int = 0) -> None:
+        if seed < 0 or (max_samples is not None and max_samples < 1):
+            raise ValueError(f"seed must be >= 0 and max_samples positive or None, got seed {seed}, max_samples {max_samples}")
+        self.max_samples = max_samples
+        self.seed = seed
+
+    def __call__(self, items: Sequence[dict]) -> dict:
+        """Items from `AudioDataset` -> `{"wav": (B, N) float32 or None, "indices": [B ints], "skipped": [(index, reason)]}`.
+
+        Output rows follow ascending index, whatever order the items came in.
+        """
+        items = sorted(items, key=lambda it: it["index"])
+        skipped = [(it["index"], it["error"]) for it in items if it["wav"] is None]
+        good = [it for it in items if it["wav"] is not None]
+        if not good:
+            return {"wav": None, "indices": [], "skipped": skipped}
+        length = min(it["wav"].numel() for it in good)
+        if self.max_samples is not None:
+            length = min(length, self.max_samples)
+        rng = np.random.default_rng([self.seed, *(it["index"] for it in items)])
+        offsets = [int(rng.integers(0, it["wav"].numel() - length + 1)) for it in good]
+        wav = torch.stack([it["wav"][o : o + length] for it, o in zip(good, offsets)])
+        return {"wav": wav, "indices": [it["index"] for it in good], "skipped": skipped}
+
+
+class SkipCounter:
+    """Skipped files by cause, for the end-of-run summary.
+
+    Reasons are `AudioDataset`'s `"<kind>: <path>: <why>"`; a file skipped again in a later
+    epoch has the same reason and counts once.
+    """
+
+    def __init__(self) -> None:
+        self._kinds: dict[str, str] = {}  # reason -> kind, in first-seen order
+
+    def add(self, reason: str) -> None:
+        kind = reason.split(":", 1)[0]
+        self._kinds.setdefault(reason, kind if kind in SKIP_KINDS else "unusable")
+
+    def __len__(self) -> int:
+        return len(self._kinds)
+
+    def state(self) -> list[str]:
+        """The reasons seen, for a checkpoint; `load` restores them on resume."""
+        return list(self._kinds)
+
+    def load(self, reasons: Sequence[str]) -> None:
+        for reason in reasons:
+            self.add(reason)
+
+    def summary(self) -> str:
+        """E.g. "skipped 3 files: 1 missing, 1 empty, 1 unreadable" (most common first)."""
+        counts = Counter(self._kinds.values()).most_common()
+        n = len(self._kinds)
+        head = f"skipped {n} file{'' if n == 1 else 's'}"
+        return head + (": " + ", ".join(f"{c} {k}" for k, c in counts) if counts else "")

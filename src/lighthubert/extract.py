@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .data import AudioError, collate, load_audio, normalize
+from .data import AudioError, batch_by_size, collate, load_audio, normalize
 from .model import HuBERT
 
 log = logging.getLogger(__name__)
@@ -28,18 +28,6 @@ def min_samples(model: HuBERT) -> int:
     for c in reversed(model.cfg.conv_layers):
         n = (n - 1) * c[2] + c[1]
     return n
-
-
-def _batches(lengths: Sequence[int], max_batch_samples: int) -> list[list[int]]:
-    """Indices grouped longest first so that batch size * longest <= max_batch_samples."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    for i in order:
-        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_batch_samples:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
 
 
 @torch.inference_mode()
@@ -68,7 +56,8 @@ def extract(model: HuBERT, wavs: Sequence[Tensor], max_batch_samples: int = 1600
     if model.cfg.normalize:
         wavs = [normalize(w.float()) for w in wavs]
     out: list[Optional[Tensor]] = [None] * len(wavs)
-    for idx in _batches([w.numel() for w in wavs], max_batch_samples):
+    lengths = [w.numel() for w in wavs]
+    for idx in batch_by_size(lengths, max(max_batch_samples, max(lengths, default=0))):  # a long file goes alone
         batch, lengths = collate([wavs[i] for i in idx])
         feats = model(batch.to(device, dtype), lengths if len(idx) > 1 else None)
         frames = model.frame_lengths(lengths)

@@ -1,0 +1,109 @@
+"""Everything `torchrun` / DDP: the only module that imports torch.distributed.
+
+One process (no `WORLD_SIZE` in the environment) runs with the same code paths: every
+helper here degrades to a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+@dataclass(frozen=True)
+class Context:
+    """This process's place in the run."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init(device: str | None = None) -> Context:
+    """Reads torchrun's RANK / LOCAL_RANK / WORLD_SIZE and joins the process group.
+
+    NCCL on CUDA, gloo on CPU. `device` None picks `cuda:LOCAL_RANK` when CUDA is there.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=30))
+    return Context(rank, local, world, dev)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: nn.Module, ctx: Context, find_unused_parameters: bool) -> nn.Module:
+    """DDP around `model` when there is more than one process.
+
+    Elastic depth leaves whole layers out of a step, which DDP must be told about
+    (`find_unused_parameters`); the trainer turns it on from the search space.
+    """
+    if ctx.world_size == 1:
+        return model
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def no_sync(model: nn.Module, skip: bool) -> contextlib.AbstractContextManager:
+    """`model.no_sync()` for the micro-steps of gradient accumulation that are not the last."""
+    if skip and isinstance(model, DistributedDataParallel):
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def mean(value: float, ctx: Context) -> float:
+    """The mean of a float over all processes."""
+    if ctx.world_size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(t)
+    return float(t.item()) / ctx.world_size
+
+
+def barrier(ctx: Context) -> None:
+    if ctx.world_size > 1:
+        dist.barrier()
+
+
+def broadcast_flag(flag: bool, ctx: Context) -> bool:
+    """Rank 0's value of `flag` on every process (e.g. "stop now")."""
+    if ctx.world_size == 1:
+        return flag
+    t = torch.tensor([int(flag)], device=ctx.device)
+    dist.broadcast(t, 0)
+    return bool(t.item())
+
+
+def parameters_equal(model: nn.Module, ctx: Context) -> Iterator[bool]:
+    """Per parameter, whether every process holds the same values (for checks and tests)."""
+    for p in unwrap(model).parameters():
+        ref = p.detach().clone()
+        if ctx.world_size > 1:
+            dist.broadcast(ref, 0)
+        yield bool(torch.equal(ref, p.detach()))
