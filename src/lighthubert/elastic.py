@@ -116,7 +116,7 @@ class ElasticPosConv(PosConv):
     def sliced(self, e: int) -> tuple[Tensor, Tensor]:
         if e % self.groups or not 0 < e <= self.bias.numel():
             raise ValueError(f"width must be a multiple of {self.groups} up to {self.bias.numel()}, got {e}")
-        return self.full_weight()[:e, : e // self.groups], self.bias[:e]
+        return self.weight_block(e, e // self.groups), self.bias[:e]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(x, *self.sliced(x.size(-1)))

@@ -122,15 +122,16 @@ class ConvBlock(nn.Module):
         elif k <= s:  # non-overlapping windows are a plain strided view
             win = x.as_strided((bsz, t, k * c), (x.stride(0), s * c, 1))
             y = F.linear(win, w.permute(0, 2, 1).reshape(w.size(0), k * c), b)
-        else:  # overlapping windows: one product per kernel tap
-            y = F.linear(x[:, : s * (t - 1) + 1 : s], w[:, :, 0], b)
-            for j in range(1, k):
-                y = y + F.linear(x[:, j : j + s * (t - 1) + 1 : s], w[:, :, j])
+        else:  # overlapping windows: one product per kernel tap, accumulated in place
+            taps = w.permute(2, 1, 0)  # (k, C_in, C_out)
+            y = x.new_zeros(bsz, t, w.size(0)) if b is None else b.expand(bsz, t, -1).contiguous()
+            for j in range(k):
+                y.baddbmm_(x[:, j : j + s * (t - 1) + 1 : s], taps[j].expand(bsz, -1, -1))
         if isinstance(self.norm, nn.LayerNorm):  # in float32, as fairseq's Fp32LayerNorm
             y = F.layer_norm(y.float(), self.norm.normalized_shape, self.norm.weight.float(), self.norm.bias.float(), self.norm.eps).type_as(y)
         elif isinstance(self.norm, nn.GroupNorm):
             y = self._channel_norm(y.float(), frames).type_as(y)
-        return F.gelu(y)
+        return F.gelu(y) if y.requires_grad else torch.ops.aten.gelu_(y)  # in place when no backward needs y
 
     def _channel_norm(self, y: Tensor, frames: Optional[Tensor]) -> Tensor:
         """GroupNorm(C, C) (fairseq's Fp32GroupNorm) over each utterance's valid frames only.
@@ -194,8 +195,13 @@ class PosConv(nn.Module):
         self.bias = nn.Parameter(torch.zeros(embed_dim))
 
     def full_weight(self) -> Tensor:
-        """weight = g * v / ||v||, norms over (out, in) for each kernel tap, as `weight_norm(dim=2)`."""
-        return self.weight_v * (self.weight_g / self.weight_v.norm(dim=(0, 1), keepdim=True))
+        return self.weight_block(*self.weight_v.shape[:2])
+
+    def weight_block(self, out: int, inp: int) -> Tensor:
+        """The first `out` x `inp` block of g * v / ||v|| (norms over (out, in) for each kernel
+        tap, as `weight_norm(dim=2)`), without building the rest of the full weight."""
+        scale = self.weight_g / self.weight_v.norm(dim=(0, 1), keepdim=True)
+        return self.weight_v[:out, :inp] * scale
 
     def conv(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:  # (B, T, E) -> (B, T, E)
         y = F.conv1d(x.transpose(1, 2), weight, bias, padding=self.kernel // 2, groups=self.groups)
