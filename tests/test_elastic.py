@@ -133,7 +133,8 @@ def test_linear_export_is_plain_linear_with_same_output(in_f, out_f, kw, active,
     assert (dense.in_features, dense.out_features) == (width, active)
     assert (dense.bias is None) == (layer.bias is None)
     x = torch.randn(2, 7, width)
-    torch.testing.assert_close(dense(x), layer(x), rtol=0, atol=0)
+    # fc2 with input blocks sums one product per block; the dense layer does one product: rounding only
+    torch.testing.assert_close(dense(x), layer(x), rtol=0, atol=1e-6)
     with torch.no_grad():  # cloned, not a view of the shared weights
         dense.weight.zero_()
     assert layer.weight.abs().min() > 0

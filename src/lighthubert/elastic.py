@@ -77,7 +77,19 @@ class ElasticLinear(nn.Linear):
         return weight, bias
 
     def forward(self, x: Tensor) -> Tensor:  # (..., in) -> (..., active_out_features)
-        return F.linear(x, *self.active_weight(x.size(-1)))
+        cols = block_ranges(x.size(-1), self.active_out_features, self.in_features, self.in_blocks)
+        if len(cols) == 1:
+            return F.linear(x, *self.active_weight(x.size(-1)))
+        # Input blocks (FFN fc2): one product per block, summed in place, instead of copying the
+        # weight's column blocks into one matrix on every call.
+        out = self.active_out_features
+        flat = x.reshape(-1, x.size(-1))
+        y = F.linear(flat[:, : cols[0][1]], self.weight[:out, cols[0][0] : cols[0][1]], None if self.bias is None else self.bias[:out])
+        start = cols[0][1]
+        for a, b in cols[1:]:
+            y.addmm_(flat[:, start : start + b - a], self.weight[:out, a:b].t())
+            start += b - a
+        return y.view(*x.shape[:-1], out)
 
     def export(self, in_features: int) -> nn.Linear:
         weight, bias = self.active_weight(in_features)
