@@ -223,3 +223,20 @@ def test_torchrun_two_cpu_processes(setup, tmp_path):
                           env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "ddp2" / "step-3.pt").exists() and not list((tmp_path / "ddp2").glob("*.tmp"))
+
+
+def test_non_finite_losses_stop_the_run_with_good_weights(setup, tmp_path, capsys):
+    teacher = checkpoint.load_model(setup / "teacher")
+    with torch.no_grad():
+        teacher.encoder.pos_conv[0].bias[0] = float("nan")  # every target becomes NaN
+    from lighthubert.export import save_compact
+
+    save_compact(teacher, teacher.cfg, tmp_path / "nan_teacher")
+    code = run_cli("distill", "--stage", "1", "--teacher", tmp_path / "nan_teacher", "--train", setup / "train.tsv",
+                   "--config", setup / "distill.yaml", "--out", tmp_path / "run", "--set", "max_steps=50",
+                   "--set", "max_bad_steps=3", "--set", "init_from_teacher=false")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "3 non-finite steps in a row at step 3" in err[-1] and "--resume" in err[-1]
+    saved = checkpoint.load_file(tmp_path / "run" / "step-3.pt")
+    assert all(torch.isfinite(v).all() for v in saved["model"].values())  # skipped steps never touched the weights
+    assert saved["trainer"]["bad_steps"] == 3
