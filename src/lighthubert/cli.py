@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "many with torchrun (DDP). Settings: --config YAML and --set key=value; "
                                    "--print-config lists them all with their values.")
     t.add_argument("--stage", type=int, choices=(1, 2), help="1: full-size student; 2: once-for-all supernet (needs --init)")
-    t.add_argument("--method", choices=("lighthubert", "distilhubert"), help="recipe (default lighthubert)")
+    t.add_argument("--method", choices=("lighthubert",), help="recipe (default lighthubert)")
     t.add_argument("--teacher", help="teacher checkpoint: fairseq .pt, transformers folder, torchaudio, compact, LightHuBERT")
     t.add_argument("--train", help="training manifest (.tsv)")
     t.add_argument("--valid", help="validation manifest (.tsv)")

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 class DistillConfig:
     """Every setting of a distillation run; written into each checkpoint and `config.yaml`."""
 
-    method: str = "lighthubert"  # lighthubert | distilhubert
+    method: str = "lighthubert"  # the recipe (lighthubert; DistilHuBERT is tracked as an issue)
     stage: int = 1  # LightHuBERT stage: 1 trains the full-size student, 2 the once-for-all supernet
     space: str = "base"  # search space: base | small | a YAML file (stage 1 trains its max subnet)
     init_from_teacher: bool = True  # stage 1: start from the teacher's weights where names and shapes match
@@ -76,7 +76,7 @@ class DistillConfig:
     device: Optional[str] = None  # cpu | cuda | cuda:N (default: cuda:LOCAL_RANK if available)
 
     def __post_init__(self) -> None:
-        choices = {"method": ("lighthubert", "distilhubert"), "stage": (1, 2), "sampling": ("uniform", "sandwich"),
+        choices = {"method": ("lighthubert",), "stage": (1, 2), "sampling": ("uniform", "sandwich"),
                    "loss_on": ("masked", "all"), "schedule": ("tri_stage", "linear"), "precision": ("fp32", "bf16", "fp16")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -236,7 +236,7 @@ class Trainer:
             raise ValueError(f"precision {cfg.precision} needs CUDA; on {dev.type} use fp32")
         self.teacher = checkpoint.load_model(teacher_path).to(dev).eval().requires_grad_(False)
         self.teacher.encoder.layerdrop = 0.0
-        self.recipe = make_recipe(cfg, self.teacher)
+        self.recipe = LightHuBERTRecipe(cfg, self.teacher)
         torch.manual_seed(cfg.seed)
         self.student = self.recipe.build_student(self.teacher, init).to(dev).train()
         self.model = distributed.wrap(self.student, self.ctx, self.recipe.find_unused_parameters)
@@ -279,6 +279,15 @@ class Trainer:
                 log.warning("skipped %s", reason)
         return None if batch["wav"] is None else batch["wav"].to(self.ctx.device)
 
+    def usable_batch(self) -> Tensor:
+        """The next batch such that every rank has audio (a rank whose batch held only bad files
+        takes the next one, and so do the others, to stay in step)."""
+        for _ in range(len(self.sampler) + 1):
+            wav = self.next_batch()
+            if distributed.mean(float(wav is not None), self.ctx) == 1.0:
+                return wav
+        raise TrainingError(f"a whole epoch of batches held no readable audio; {self.skipped.summary()}")
+
     # -- one optimiser step -------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
@@ -288,9 +297,7 @@ class Trainer:
         subnets = self.recipe.subnets(self.step)
         total, seconds = 0.0, 0.0
         for micro in range(cfg.accum):
-            wav = self.next_batch()
-            if distributed.mean(float(wav is not None), self.ctx) < 1.0:  # some rank had only bad files
-                continue
+            wav = self.usable_batch()
             seconds += wav.numel() / 16000
             gen = torch.Generator().manual_seed(cfg.seed * 7919 + self.step * 131 + micro * 17 + self.ctx.rank)
             with torch.autocast(self.ctx.device.type, self.amp_dtype, enabled=self.amp_dtype is not None):
@@ -398,8 +405,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(cfg.to_yaml())
         logf = open(self.out / "log.jsonl", "a") if main else None
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not main, unit="step", desc=f"stage {cfg.stage}"
-                   if cfg.method == "lighthubert" else cfg.method)
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not main, unit="step", desc=f"stage {cfg.stage}")
         valid: dict[str, float] = {}
         started, audio = time.perf_counter(), 0.0
         try:
@@ -443,9 +449,3 @@ class Trainer:
 def _step_of(path: Path) -> int:
     m = re.match(r"step-(\d+)\.pt$", path.name)
     return int(m.group(1)) if m else -1
-
-
-def make_recipe(cfg: DistillConfig, teacher: HuBERT) -> LightHuBERTRecipe:
-    if cfg.method == "lighthubert":
-        return LightHuBERTRecipe(cfg, teacher)
-    raise ValueError(f"method {cfg.method!r} is not available yet")
