@@ -23,7 +23,7 @@ from torch import Tensor
 
 from . import convert
 from .convert import CheckpointError
-from .model import HuBERT, ModelConfig
+from .model import DistilHuBERT, HuBERT, ModelConfig
 from .space import SearchSpace, SubnetConfig
 from .supernet import LightHuBERT
 
@@ -161,7 +161,7 @@ def official_checkpoint(model, stage1: bool = False) -> dict[str, Any]:
 
 
 # -- loading any checkpoint ----------------------------------------------------------------------
-FORMATS = ("lighthubert", "fairseq", "transformers", "torchaudio", "compact")
+FORMATS = ("lighthubert", "fairseq", "s3prl", "transformers", "torchaudio", "compact")
 COMPACT_FORMAT = "lighthubert-compact"  # config.json "format" of a compact export
 
 
@@ -176,6 +176,8 @@ def detect_format(obj: Union[dict[str, Any], Path]) -> str:
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{cfg_path}: invalid JSON ({e})") from None
         return "compact" if isinstance(cfg, dict) and cfg.get("format") == COMPACT_FORMAT else "transformers"
+    if isinstance(obj.get("Distiller"), dict) and isinstance(obj.get("Config"), dict):
+        return "s3prl"
     cfg = obj.get("cfg")
     name = cfg.get("model", {}).get("_name") if isinstance(cfg, dict) and isinstance(cfg.get("model"), dict) else None
     if name in ("hubert_pruner", "student_hubert"):
@@ -221,19 +223,28 @@ def load_with_format(path: Union[str, Path]):
         kind = detect_format(path)
         model, dropped = (_load_compact if kind == "compact" else _load_transformers)(path)
     else:
-        ckpt = load_file(path)
-        kind = detect_format(ckpt)
-        loader = {"lighthubert": load_official, "fairseq": _load_fairseq, "torchaudio": _load_torchaudio}[kind]
-        model, dropped = loader(ckpt, str(path))
+        kind, model, dropped = model_from_dict(load_file(path), str(path))
     if dropped:
         log.info("%s: dropped %d head / pre-training tensors (%s ...)", path, len(dropped), dropped[0])
     return kind, model.eval()
 
 
-def _dense(cfg: ModelConfig, state: dict[str, Tensor], source: str):
-    model = HuBERT(cfg)
-    if "mask_emb" not in state:  # transformers drops it when spec-augment is off; unused at inference
-        state["mask_emb"] = torch.zeros(cfg.embed_dim)
+def model_from_dict(ckpt: dict[str, Any], source: str) -> tuple[str, HuBERT, list[str]]:
+    """The model in an already loaded checkpoint dict: (format, model, dropped keys)."""
+    kind = detect_format(ckpt)
+    loader = {"lighthubert": load_official, "fairseq": _load_fairseq, "s3prl": load_distiller,
+              "torchaudio": _load_torchaudio}[kind]
+    model, dropped = loader(ckpt, source)
+    return kind, model, dropped
+
+
+def _dense(cfg: ModelConfig, state: dict[str, Tensor], source: str) -> HuBERT:
+    return _dense_state(HuBERT(cfg), state, source)
+
+
+def _dense_state(model: HuBERT, state: dict[str, Tensor], source: str) -> HuBERT:
+    if "mask_emb" not in state:  # transformers and s3prl drop or lack it; unused at inference
+        state["mask_emb"] = torch.zeros(model.cfg.embed_dim)
     load_state(model, state, source)
     return model
 
@@ -260,6 +271,22 @@ def _load_fairseq(ckpt: dict[str, Any], source: str):
     model_cfg = convert.fairseq_model_config(mcfg, task.get("normalize"), lighthubert=False)
     state, dropped = convert.official_to_ours(ckpt["model"])
     return _dense(model_cfg, state, source), dropped
+
+
+def load_distiller(ckpt: dict[str, Any], source: str):
+    """An s3prl DistilHuBERT `states-*.ckpt` (ours are written in the same layout) as a
+    `DistilHuBERT`, heads included. Returns (model, [])."""
+    cfg = ckpt["Config"].get("distiller")
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{source}: s3prl checkpoint without Config['distiller']")
+    model_cfg, targets = convert.distiller_config(cfg)
+    state = convert.distiller_to_ours(ckpt["Distiller"])
+    heads = state.get("output_layer.2.weight")
+    if heads is None or heads.shape[0] != len(targets):
+        found = "no heads" if heads is None else f"{heads.shape[0]} heads"
+        raise CheckpointError(f"{source}: {found} in the weights, but its config predicts layers {targets}")
+    model = DistilHuBERT(model_cfg, targets, heads.shape[-1])
+    return _dense_state(model, state, source), []
 
 
 def _load_torchaudio(state: dict[str, Tensor], source: str):

@@ -110,7 +110,7 @@ def cmd_teacher_info(args: argparse.Namespace) -> int:
         "extractor_mode": cfg.extractor_mode,
         "layer_norm_first": cfg.layer_norm_first,
         "normalize": cfg.normalize,
-        "parameters": sum(p.numel() for n, p in model.named_parameters() if not n.startswith("layer_pred_heads")),
+        "parameters": sum(p.numel() for n, p in model.named_parameters() if not n.startswith(("layer_pred_heads", "output_layer"))),
     }
     if args.json:
         print(json.dumps(info, indent=2))
@@ -199,8 +199,15 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error of the CLI (exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"lighthubert: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lighthubert", description="LightHuBERT: once-for-all HuBERT supernets.")
+    p = _Parser(prog="lighthubert", description="LightHuBERT: once-for-all HuBERT supernets.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -245,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "many with torchrun (DDP). Settings: --config YAML and --set key=value; "
                                    "--print-config lists them all with their values.")
     t.add_argument("--stage", type=int, choices=(1, 2), help="1: full-size student; 2: once-for-all supernet (needs --init)")
-    t.add_argument("--method", choices=("lighthubert",), help="recipe (default lighthubert)")
+    t.add_argument("--method", choices=("lighthubert", "distilhubert"), help="recipe (default lighthubert; "
+                   "distilhubert switches to its paper's defaults, see --print-config)")
     t.add_argument("--teacher", help="teacher checkpoint: fairseq .pt, transformers folder, torchaudio, compact, LightHuBERT")
     t.add_argument("--train", help="training manifest (.tsv)")
     t.add_argument("--valid", help="validation manifest (.tsv)")

@@ -9,6 +9,7 @@ two weight-norm spellings are handled here and nowhere else.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 from typing import Any, Callable, Optional
 
@@ -293,6 +294,64 @@ def official_space(cfg: dict[str, Any]) -> SearchSpace:
         name = str(cfg.get("pruner_supernet", "base.yaml")).lower()
         return SearchSpace.small() if name.endswith("small.yaml") else SearchSpace.base()
     return SearchSpace.base()
+
+
+# -- s3prl DistilHuBERT (`states-*.ckpt`: {"Distiller": state_dict, "Config": {"distiller": ...}}) --
+def distiller_config(cfg: dict[str, Any]) -> tuple[ModelConfig, list[int]]:
+    """ModelConfig of an s3prl `DistillerModel` and its head's target layers (`pred_layer_id`).
+
+    DistilHuBERT has no LayerNorm before `post_extract_proj` (transformers:
+    `feat_proj_layer_norm=False`) and takes raw waveforms.
+    """
+    fairseq = {("conv_feature_layers" if k == "extractor_conv_feature_layers" else k): v for k, v in cfg.items()}
+    model = fairseq_model_config(fairseq, normalize=False, lighthubert=False)
+    targets = [int(i) for i in cfg.get("pred_layer_id", [4, 8, 12])]
+    if int(cfg.get("n_tasks", len(targets))) != len(targets):
+        raise CheckpointError(f"distiller config: n_tasks {cfg['n_tasks']} differs from pred_layer_id {targets}")
+    return dataclasses.replace(model, feature_layer_norm=False), targets
+
+
+def distiller_to_ours(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """s3prl `Distiller` state dict -> ours (a `DistilHuBERT`, heads under `output_layer.`)."""
+    heads = {k: v for k, v in state.items() if k.startswith("output_layer.")}
+    ours, _ = official_to_ours({k: v for k, v in state.items() if not k.startswith("output_layer.")})
+    if "output_layer.2.layer.weight" in heads:  # one head: s3prl keeps a plain Linear
+        heads["output_layer.2.weight"] = heads.pop("output_layer.2.layer.weight").t().unsqueeze(0)
+        heads["output_layer.2.bias"] = heads.pop("output_layer.2.layer.bias").view(1, 1, 1, -1)
+    return {**ours, **heads}
+
+
+def ours_to_distiller(state: dict[str, Tensor], extractor_mode: str) -> dict[str, Tensor]:
+    """Inverse of `distiller_to_ours` (without `mask_emb`, which DistilHuBERT does not have)."""
+    return {k: v for k, v in ours_to_official(state, extractor_mode).items() if k != "mask_emb"}
+
+
+def distiller_config_dict(cfg: ModelConfig, targets: list[int]) -> dict[str, Any]:
+    """The s3prl `Config["distiller"]` dict of a DistilHuBERT student (`distiller_config`'s inverse)."""
+    return {
+        "extractor_mode": cfg.extractor_mode,
+        "extractor_conv_feature_layers": repr([tuple(c) for c in cfg.conv_layers]),
+        "extractor_dropout": 0.0,
+        "feature_grad_mult": cfg.feature_grad_mult,
+        "conv_bias": cfg.conv_bias,
+        "conv_pos": cfg.conv_pos,
+        "conv_pos_groups": cfg.conv_pos_groups,
+        "encoder_layers": cfg.depth,
+        "encoder_embed_dim": cfg.embed_dim,
+        "encoder_ffn_embed_dim": cfg.ffn_dim[0],
+        "encoder_attention_heads": cfg.heads[0],
+        "activation_fn": "gelu",
+        "layer_norm_first": cfg.layer_norm_first,
+        "dropout": cfg.dropout,
+        "attention_dropout": 0.0,
+        "activation_dropout": cfg.activation_dropout,
+        "encoder_layerdrop": cfg.layerdrop,
+        "final_dim": 768,
+        "out_layer_type": "expand-last",
+        "n_tasks": len(targets),
+        "task_emb_type": "expand-last",
+        "pred_layer_id": list(targets),
+    }
 
 
 # -- transformers configs -------------------------------------------------------------------

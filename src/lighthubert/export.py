@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from . import checkpoint, convert
-from .model import HuBERT, ModelConfig
+from .model import DistilHuBERT, HuBERT, ModelConfig
 from .space import SubnetConfig
 from .supernet import LightHuBERT
 
@@ -30,11 +30,14 @@ FORMATS = ("compact", "hf", "onnx", "official")
 
 
 def dense_model(model: HuBERT, subnet: Union[str, SubnetConfig, dict, None] = None) -> tuple[HuBERT, ModelConfig]:
-    """The dense model to export: a supernet's subnet (default: its active one), or `model` itself."""
+    """The dense model to export: a supernet's subnet (default: its active one), a DistilHuBERT
+    student without its heads, or `model` itself."""
     if isinstance(model, LightHuBERT):
         return model.export(subnet)
     if subnet is not None:
         raise ValueError("a subnet can only be chosen for a supernet checkpoint; this model has a fixed shape")
+    if isinstance(model, DistilHuBERT):  # the prediction heads are for training only
+        return model.without_heads(), model.cfg
     return model, model.cfg
 
 

@@ -410,6 +410,52 @@ class HuBERT(nn.Module):
         return Features([x] + outputs, ffns, padding_mask, prediction)
 
 
+class SplitLinear(nn.Module):
+    """N independent Linear(D_in -> D_out) maps over N contiguous chunks of the input.
+
+    The layout of s3prl's DistilHuBERT `SplitLinear` (weight (N, D_in, D_out), bias
+    (1, 1, N, D_out)), so its checkpoints load as they are.
+    """
+
+    def __init__(self, dim_in: int, splits: int, dim_out: int) -> None:
+        super().__init__()
+        bound = dim_in**-0.5
+        self.weight = nn.Parameter(torch.empty(splits, dim_in, dim_out).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(1, 1, splits, dim_out).uniform_(-bound, bound))
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, T, N * D_in) -> (B, T, N, D_out)
+        b, t, _ = x.shape
+        n, d_in, _ = self.weight.shape
+        return torch.einsum("btnd,nde->btne", x.view(b, t, n, d_in), self.weight) + self.bias
+
+
+class DistilHuBERT(HuBERT):
+    """DistilHuBERT's student: a shallow HuBERT plus one prediction head per teacher target.
+
+    The heads (s3prl's `output_layer`: Linear(E, N*D), GELU, `SplitLinear`) read the last
+    layer and exist for training only; the representation to use downstream is the last
+    Transformer layer (`hidden_states[-1]`), as the paper evaluates it.
+    """
+
+    def __init__(self, cfg: ModelConfig, targets: list, target_dim: int) -> None:
+        super().__init__(cfg)
+        self.targets = [int(t) for t in targets]  # teacher layers the heads predict (1-based), e.g. [4, 8, 12]
+        n = len(self.targets)
+        self.output_layer = nn.Sequential(nn.Linear(cfg.embed_dim, target_dim * n), nn.GELU(),
+                                          SplitLinear(target_dim, n, target_dim))
+
+    def forward(self, wav: Tensor, lengths: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Features:
+        """`HuBERT.forward`, with `prediction` (B, T, targets, target_dim) from the heads."""
+        out = super().forward(wav, lengths, mask)
+        return out._replace(prediction=self.output_layer(out.hidden_states[-1]))
+
+    def without_heads(self) -> HuBERT:
+        """The plain `HuBERT` (shared weights copied), for extraction and export."""
+        dense = HuBERT(self.cfg).to(self.mask_emb)
+        dense.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith("output_layer.")})
+        return dense.train(self.training)
+
+
 class _GradScale(torch.autograd.Function):
     """Scales the gradient only (fairseq's GradMultiply), for `feature_grad_mult`."""
 

@@ -25,10 +25,10 @@ import yaml
 from torch import Tensor
 from tqdm import tqdm
 
-from . import checkpoint, distributed
+from . import checkpoint, convert, distributed
 from .data import AudioDataset, BucketBatchSampler, CropCollate, SkipCounter, normalize
-from .losses import layer_average_target, masked_l1, span_mask
-from .model import HuBERT
+from .losses import distilhubert_loss, layer_average_target, masked_l1, span_mask
+from .model import DistilHuBERT, HuBERT
 from .space import SearchSpace, SubnetConfig
 from .supernet import LightHuBERT
 
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 class DistillConfig:
     """Every setting of a distillation run; written into each checkpoint and `config.yaml`."""
 
-    method: str = "lighthubert"  # the recipe (lighthubert; DistilHuBERT is tracked as an issue)
+    method: str = "lighthubert"  # lighthubert (two stages, once-for-all) | distilhubert (Chang et al. 2022)
     stage: int = 1  # LightHuBERT stage: 1 trains the full-size student, 2 the once-for-all supernet
     space: str = "base"  # search space: base | small | a YAML file (stage 1 trains its max subnet)
     init_from_teacher: bool = True  # stage 1: start from the teacher's weights where names and shapes match
@@ -50,6 +50,10 @@ class DistillConfig:
     loss_on: str = "masked"  # masked: L1 on masked frames only | all: every frame
     mask_prob: float = 0.65  # span-mask start probability (official default)
     mask_length: int = 10  # span length in frames (official default)
+    distil_layers: int = 2  # distilhubert: student layers, initialised from the teacher's first ones
+    distil_targets: list = field(default_factory=lambda: [4, 8, 12])  # distilhubert: teacher layers the heads predict
+    cos_weight: float = 1.0  # distilhubert: lambda of the -log sigmoid(cosine) term
+    distil_conv_grad_scale: float = 0.1  # distilhubert: gradient scale of the student's conv front end
     lr: float = 5e-4  # peak learning rate
     betas: list = field(default_factory=lambda: [0.9, 0.98])  # Adam betas
     eps: float = 1e-6  # Adam epsilon
@@ -76,7 +80,7 @@ class DistillConfig:
     device: Optional[str] = None  # cpu | cuda | cuda:N (default: cuda:LOCAL_RANK if available)
 
     def __post_init__(self) -> None:
-        choices = {"method": ("lighthubert",), "stage": (1, 2), "sampling": ("uniform", "sandwich"),
+        choices = {"method": ("lighthubert", "distilhubert"), "stage": (1, 2), "sampling": ("uniform", "sandwich"),
                    "loss_on": ("masked", "all"), "schedule": ("tri_stage", "linear"), "precision": ("fp32", "bf16", "fp16")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -90,11 +94,13 @@ class DistillConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":
-        """Builds a config, converting and checking each value by its field's type."""
+        """Builds a config, converting and checking each value by its field's type; the
+        method's recipe defaults (`METHOD_DEFAULTS`) fill the keys `d` leaves out."""
         fields = {f.name: f.type for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - set(fields))
         if unknown:
             raise ValueError(f"unknown config key(s) {unknown}; run with --print-config to see them all")
+        d = {**METHOD_DEFAULTS.get(d.get("method", "lighthubert"), {}), **d}
         return cls(**{k: _typed(k, v, fields[k]) for k, v in d.items()})
 
     @classmethod
@@ -115,6 +121,15 @@ class DistillConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+
+# DistilHuBERT's paper recipe (reference notes, peers §1.5): no masking, lr 2e-4 with 7% warm-up
+# then linear decay, clipping 5, 24 utterances of at most 250,000 samples, 200k steps.
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "distilhubert": {"lr": 2e-4, "schedule": "linear", "warmup": 0.07, "hold": 0.0, "grad_clip": 5.0,
+                     "weight_decay": 1e-6, "mask_prob": 0.0, "loss_on": "all", "max_steps": 200_000,
+                     "max_sample_size": 250_000, "max_batch_samples": 24 * 250_000, "min_sample_size": 0},
+}
 
 
 def _typed(name: str, value: Any, annotation: str) -> Any:
@@ -224,6 +239,67 @@ class LightHuBERTRecipe:
         return checkpoint.official_checkpoint(student, stage1=self.cfg.stage == 1)
 
 
+class DistilHuBERTRecipe:
+    """DistilHuBERT (Chang, Yang, Lee, ICASSP 2022): a `distil_layers`-layer student initialised
+    from the teacher (conv front end, projection, positional conv, first layers), no feature
+    LayerNorm, one MLP head per target teacher layer on its last layer, loss L1 + lambda *
+    (-log sigmoid(cosine)) averaged as the reference code does (peers §1.1-§1.3).
+
+    The reference repository's shipped config predicts layers 4 and 12 only; the paper, and
+    our default, 4, 8 and 12.
+    """
+
+    def __init__(self, cfg: DistillConfig, teacher: HuBERT) -> None:
+        self.cfg = cfg
+        depth = teacher.cfg.depth
+        bad = [t for t in cfg.distil_targets if not 1 <= t <= depth]
+        if bad or not cfg.distil_targets:
+            raise ValueError(f"distil_targets {cfg.distil_targets}: each must be a teacher layer in 1..{depth}")
+        if not 1 <= cfg.distil_layers <= depth:
+            raise ValueError(f"distil_layers must be in 1..{depth} (the teacher's depth), got {cfg.distil_layers}")
+
+    def build_student(self, teacher: HuBERT, init: Optional[str]) -> DistilHuBERT:
+        t, n = teacher.cfg, self.cfg.distil_layers
+        shape = dataclasses.replace(t, heads=t.heads[:n], ffn_dim=t.ffn_dim[:n], feature_layer_norm=False, pred_dim=0,
+                                    layerdrop=0.0, feature_grad_mult=self.cfg.distil_conv_grad_scale)
+        student = DistilHuBERT(shape, self.cfg.distil_targets, t.embed_dim)
+        if init:
+            source = checkpoint.load_model(init)
+            if not isinstance(source, DistilHuBERT) or source.targets != student.targets:
+                found = f"heads for layers {source.targets}" if isinstance(source, DistilHuBERT) else "no prediction heads"
+                raise ValueError(f"{init} has {found}; this run predicts layers {student.targets} (distil_targets)")
+            checkpoint.load_state(student, source.state_dict(), init)
+        else:  # the teacher's tensors wherever names and shapes match: front end, pos conv, first layers
+            own = student.state_dict()
+            copied = {k: v for k, v in teacher.state_dict().items() if k in own and own[k].shape == v.shape}
+            student.load_state_dict(copied, strict=False)
+            log.info("student initialised from the teacher: %d of %d tensors copied", len(copied), len(own))
+        return student
+
+    find_unused_parameters = True  # mask_emb: DistilHuBERT never masks
+
+    def subnets(self, step: int) -> list[None]:
+        return [None]
+
+    def valid_subnets(self) -> dict[str, None]:
+        return {"student": None}
+
+    def targets(self, teacher: HuBERT, wav: Tensor) -> Tensor:
+        with torch.no_grad():
+            t = teacher(normalize(wav) if teacher.cfg.normalize else wav)
+            return torch.stack([t.hidden_states[i].float() for i in self.cfg.distil_targets], dim=2)  # (B, T, N, D)
+
+    def loss(self, model: torch.nn.Module, student: DistilHuBERT, sub: None, wav: Tensor, target: Tensor,
+             generator: torch.Generator) -> Tensor:
+        out = model(normalize(wav) if student.cfg.normalize else wav)
+        return distilhubert_loss(out.prediction.unbind(2), target.unbind(2), self.cfg.cos_weight)[0]
+
+    def save(self, student: DistilHuBERT) -> dict[str, Any]:
+        """s3prl's `states-*.ckpt` layout, so its `distiller_local` upstream reads our students."""
+        return {"Distiller": convert.ours_to_distiller(student.state_dict(), student.cfg.extractor_mode),
+                "Config": {"distiller": convert.distiller_config_dict(student.cfg, student.targets)}}
+
+
 class Trainer:
     """Runs a recipe: data, optimiser, schedule, precision, checkpoints, resume, logs."""
 
@@ -236,7 +312,8 @@ class Trainer:
             raise ValueError(f"precision {cfg.precision} needs CUDA; on {dev.type} use fp32")
         self.teacher = checkpoint.load_model(teacher_path).to(dev).eval().requires_grad_(False)
         self.teacher.encoder.layerdrop = 0.0
-        self.recipe = LightHuBERTRecipe(cfg, self.teacher)
+        recipe = DistilHuBERTRecipe if cfg.method == "distilhubert" else LightHuBERTRecipe
+        self.recipe = recipe(cfg, self.teacher)
         torch.manual_seed(cfg.seed)
         self.student = self.recipe.build_student(self.teacher, init).to(dev).train()
         self.model = distributed.wrap(self.student, self.ctx, self.recipe.find_unused_parameters)
@@ -323,7 +400,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return {"loss": total / cfg.accum, "lr": lr, "grad_norm": float(norm), "audio_seconds": seconds, "finite": finite,
-                "subnets": [s.describe() for s in subnets]}
+                "subnets": [s.describe() for s in subnets if s is not None]}
 
     # -- validation ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -382,7 +459,7 @@ class Trainer:
         state = ckpt.get("trainer")
         if not isinstance(state, dict):
             raise ValueError(f"{found[-1]}: no training state to resume from")
-        model, _ = checkpoint.load_official(ckpt, str(found[-1]))
+        _, model, _ = checkpoint.model_from_dict(ckpt, str(found[-1]))
         checkpoint.load_state(self.student, model.state_dict(), str(found[-1]))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -405,7 +482,8 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(cfg.to_yaml())
         logf = open(self.out / "log.jsonl", "a") if main else None
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not main, unit="step", desc=f"stage {cfg.stage}")
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not main, unit="step",
+                   desc=f"stage {cfg.stage}" if cfg.method == "lighthubert" else cfg.method)
         valid: dict[str, float] = {}
         started, audio = time.perf_counter(), 0.0
         try:
