@@ -14,10 +14,13 @@ from typing import Callable
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
+import yaml
 
 from lighthubert import convert
-from lighthubert.model import ModelConfig
+from lighthubert.export import save_compact
+from lighthubert.model import HuBERT, ModelConfig
 from lighthubert.space import SearchSpace
 from lighthubert.supernet import LightHuBERT
 
@@ -133,3 +136,42 @@ def official_supernet() -> Callable[[str], LightHuBERT]:
         return _OFFICIAL[name]
 
     return get
+
+
+# -- training: a tiny teacher, a tiny student space and FSDD manifests --------------------------
+FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
+CONV = [[32, 10, 5], [32, 3, 2], [32, 3, 2], [32, 3, 2], [32, 3, 2], [32, 2, 2], [32, 2, 2]]  # 50 Hz frames
+SPACE = {
+    "supernet": {"conv_layers": CONV, "embed_dim": 64, "heads": [2] * 4, "ffn_dim": [256] * 4, "head_dim": 32,
+                 "conv_pos": 16, "conv_pos_groups": 4},
+    "search_space": {"embed_dim": [32, 48, 64], "heads": [1, 2], "ffn_ratio": [2.0, 4.0], "depth": [2, 3, 4]},
+    "default": {"embed_dim": 48, "heads": [2, 2, 2, 2], "ffn_dim": [192] * 4},
+}
+TRAIN = {"target_layers": 2, "lr": 2e-3, "warmup": 0.1, "hold": 0.5, "max_batch_samples": 64000,
+         "max_sample_size": 16000, "min_sample_size": 4000, "num_workers": 0, "log_every": 1}
+
+
+@pytest.fixture(scope="session")
+def train_setup(tmp_path_factory):
+    """A random tiny teacher (compact export), the tiny student space, FSDD manifests."""
+    root = tmp_path_factory.mktemp("train")
+    torch.manual_seed(0)
+    cfg = ModelConfig(conv_layers=CONV, extractor_mode="default", embed_dim=64, heads=[2] * 3, ffn_dim=[128] * 3,
+                      head_dim=32, conv_pos=16, conv_pos_groups=4, pred_dim=0, normalize=False)
+    save_compact(HuBERT(cfg).eval(), cfg, root / "teacher")
+    (root / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    files = sorted(FSDD.glob("*.wav")) if FSDD.is_dir() else []
+    if not files:
+        pytest.skip(f"FSDD recordings not found at {FSDD}")
+    speakers = ("george", "jackson")
+    train = [f for f in files if f.stem.split("_")[1] in speakers and int(f.stem.split("_")[2]) >= 5][::3]
+    valid = [f for f in files if f.stem.split("_")[1] in speakers and int(f.stem.split("_")[2]) < 2][::4]
+    for name, chosen in (("train", train), ("valid", valid)):
+        lines = [str(FSDD)] + [f"{f.name}\t{sf.info(f).frames}" for f in chosen]
+        (root / f"{name}.tsv").write_text("\n".join(lines) + "\n")
+    config = dict(TRAIN)
+    config["space"] = str(root / "space.yaml")
+    (root / "distill.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+

@@ -8,9 +8,7 @@ import re
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 import lighthubert
@@ -19,8 +17,7 @@ from lighthubert.cli import main
 from lighthubert.model import DistilHuBERT, ModelConfig
 
 transformers = pytest.importorskip("transformers")
-from test_teachers import HF_TO_FAIRSEQ, TINY, assert_layers_match, hf_model, hf_reference  # noqa: E402
-from test_trainer import setup  # noqa: E402,F401  (module fixture: tiny teacher, FSDD manifests)
+from test_teachers import HF_TO_FAIRSEQ, assert_layers_match, hf_model, hf_reference  # noqa: E402
 
 S3PRL_CFG = {"extractor_mode": "default", "extractor_conv_feature_layers": "[(32, 10, 5)] + [(32, 3, 2)] + [(32, 2, 2)]",
              "feature_grad_mult": 0.1, "conv_pos": 16, "conv_pos_groups": 4, "encoder_layers": 2, "encoder_embed_dim": 64,
@@ -87,16 +84,16 @@ def test_transformers_distilhubert_layout(tmp_path):
     assert_layers_match(lighthubert.load(tmp_path)(wav), hf_reference(hf, wav))
 
 
-def _cmd(setup, out, *extra):
-    return ["distill", "--method", "distilhubert", "--teacher", str(setup / "teacher"), "--train", str(setup / "train.tsv"),
-            "--valid", str(setup / "valid.tsv"), "--config", str(setup / "distill.yaml"), "--out", str(out),
+def _cmd(train_setup, out, *extra):
+    return ["distill", "--method", "distilhubert", "--teacher", str(train_setup / "teacher"), "--train", str(train_setup / "train.tsv"),
+            "--valid", str(train_setup / "valid.tsv"), "--config", str(train_setup / "distill.yaml"), "--out", str(out),
             "--set", "distil_targets=[1,2,3]", "--set", "max_batch_samples=64000", "--set", "max_sample_size=16000",
             "--set", "min_sample_size=4000", *extra]
 
 
 @pytest.mark.slow
-def test_train_export_and_resume(setup, tmp_path, capsys):
-    assert main(_cmd(setup, tmp_path / "run", "--set", "max_steps=30", "--set", "valid_every=15", "--set", "lr=2e-3",
+def test_train_export_and_resume(train_setup, tmp_path, capsys):
+    assert main(_cmd(train_setup, tmp_path / "run", "--set", "max_steps=30", "--set", "valid_every=15", "--set", "lr=2e-3",
                      "--set", "warmup=0.1")) == 0
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     valid = [r["loss"]["student"] for r in log if r["type"] == "valid"]
@@ -122,17 +119,17 @@ def test_train_export_and_resume(setup, tmp_path, capsys):
     torch.testing.assert_close(torch.stack(compact(wav).hidden_states), torch.stack(ours), atol=1e-5, rtol=0)
 
     capsys.readouterr()
-    assert main(_cmd(setup, tmp_path / "run", "--set", "max_steps=32", "--resume")) == 0
+    assert main(_cmd(train_setup, tmp_path / "run", "--set", "max_steps=32", "--resume")) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 32
 
 
-def test_recipe_errors(setup, tmp_path, capsys):
-    assert main(_cmd(setup, tmp_path / "r", "--set", "distil_targets=[4,8,12]")) == 2
+def test_recipe_errors(train_setup, tmp_path, capsys):
+    assert main(_cmd(train_setup, tmp_path / "r", "--set", "distil_targets=[4,8,12]")) == 2
     assert "distil_targets [4, 8, 12]: each must be a teacher layer in 1..3" in capsys.readouterr().err
     hf = hf_model(num_hidden_layers=2, feat_proj_layer_norm=False)
     cfg = dict(S3PRL_CFG, conv_pos=16, n_tasks=3, pred_layer_id=[1, 2, 3])
     torch.save({"Distiller": _s3prl_state(hf, 3), "Config": {"distiller": cfg}}, tmp_path / "three.ckpt")
-    assert main(_cmd(setup, tmp_path / "r2", "--set", "distil_targets=[1,3]", "--init", str(tmp_path / "three.ckpt"))) == 2
+    assert main(_cmd(train_setup, tmp_path / "r2", "--set", "distil_targets=[1,3]", "--init", str(tmp_path / "three.ckpt"))) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has heads for layers [1, 2, 3]; this run predicts layers [1, 3]" in err[0]
     done = subprocess.run([sys.executable, "-m", "lighthubert", "distill", "--method", "tinybert"], capture_output=True, text=True)

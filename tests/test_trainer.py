@@ -20,49 +20,13 @@ import yaml
 from lighthubert import checkpoint
 from lighthubert.cli import main
 from lighthubert.losses import layer_average_target, masked_l1, span_mask
-from lighthubert.model import HuBERT, ModelConfig
 from lighthubert.trainer import DistillConfig, learning_rate
 
-FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
-CONV = [[32, 10, 5], [32, 3, 2], [32, 3, 2], [32, 3, 2], [32, 3, 2], [32, 2, 2], [32, 2, 2]]  # 50 Hz frames
-SPACE = {
-    "supernet": {"conv_layers": CONV, "embed_dim": 64, "heads": [2] * 4, "ffn_dim": [256] * 4, "head_dim": 32,
-                 "conv_pos": 16, "conv_pos_groups": 4},
-    "search_space": {"embed_dim": [32, 48, 64], "heads": [1, 2], "ffn_ratio": [2.0, 4.0], "depth": [2, 3, 4]},
-    "default": {"embed_dim": 48, "heads": [2, 2, 2, 2], "ffn_dim": [192] * 4},
-}
-TRAIN = {"space": "SPACE", "target_layers": 2, "lr": 2e-3, "warmup": 0.1, "hold": 0.5, "max_batch_samples": 64000,
-         "max_sample_size": 16000, "min_sample_size": 4000, "num_workers": 0, "log_every": 1}
+from conftest import FSDD, SPACE
 
 
 def run_cli(*argv: str) -> int:
     return main([str(a) for a in argv])
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A random tiny teacher (compact export), the tiny student space, FSDD manifests."""
-    root = tmp_path_factory.mktemp("train")
-    torch.manual_seed(0)
-    cfg = ModelConfig(conv_layers=CONV, extractor_mode="default", embed_dim=64, heads=[2] * 3, ffn_dim=[128] * 3,
-                      head_dim=32, conv_pos=16, conv_pos_groups=4, pred_dim=0, normalize=False)
-    from lighthubert.export import save_compact
-
-    save_compact(HuBERT(cfg).eval(), cfg, root / "teacher")
-    (root / "space.yaml").write_text(yaml.safe_dump(SPACE))
-    files = sorted(FSDD.glob("*.wav")) if FSDD.is_dir() else []
-    if not files:
-        pytest.skip(f"FSDD recordings not found at {FSDD}")
-    speakers = ("george", "jackson")
-    train = [f for f in files if f.stem.split("_")[1] in speakers and int(f.stem.split("_")[2]) >= 5][::3]
-    valid = [f for f in files if f.stem.split("_")[1] in speakers and int(f.stem.split("_")[2]) < 2][::4]
-    for name, chosen in (("train", train), ("valid", valid)):
-        lines = [str(FSDD)] + [f"{f.name}\t{sf.info(f).frames}" for f in chosen]
-        (root / f"{name}.tsv").write_text("\n".join(lines) + "\n")
-    config = dict(TRAIN)
-    config["space"] = str(root / "space.yaml")
-    (root / "distill.yaml").write_text(yaml.safe_dump(config))
-    return root
 
 
 def test_learning_rate_schedules():
@@ -114,10 +78,10 @@ def _log(run: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_stage1_then_stage2_on_fsdd(setup, capsys):
-    s1, s2 = setup / "s1", setup / "s2"
-    common = ["--teacher", setup / "teacher", "--train", setup / "train.tsv", "--valid", setup / "valid.tsv",
-              "--config", setup / "distill.yaml"]
+def test_stage1_then_stage2_on_fsdd(train_setup, capsys):
+    s1, s2 = train_setup / "s1", train_setup / "s2"
+    common = ["--teacher", train_setup / "teacher", "--train", train_setup / "train.tsv", "--valid", train_setup / "valid.tsv",
+              "--config", train_setup / "distill.yaml"]
     assert run_cli("distill", "--stage", "1", *common, "--out", s1, "--set", "max_steps=40", "--set", "valid_every=20") == 0
     valid = [r["loss"]["max"] for r in _log(s1) if r["type"] == "valid"]
     assert len(valid) == 2 and valid[1] < valid[0]  # the validation loss falls
@@ -137,18 +101,18 @@ def test_stage1_then_stage2_on_fsdd(setup, capsys):
     assert summary["step"] == 20 and summary["non_finite_steps"] == 0
 
 
-def _distill_cmd(setup, out, *extra):
-    return [sys.executable, "-m", "lighthubert", "distill", "--stage", "1", "--teacher", str(setup / "teacher"),
-            "--train", str(setup / "train.tsv"), "--config", str(setup / "distill.yaml"), "--out", str(out),
+def _distill_cmd(train_setup, out, *extra):
+    return [sys.executable, "-m", "lighthubert", "distill", "--stage", "1", "--teacher", str(train_setup / "teacher"),
+            "--train", str(train_setup / "train.tsv"), "--config", str(train_setup / "distill.yaml"), "--out", str(out),
             "--set", "max_steps=12", "--set", "valid_every=100", "--set", "save_every=1", "--set", "keep_last=2",
             *extra]
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_is_bit_identical(setup, tmp_path):
+def test_resume_after_sigkill_is_bit_identical(train_setup, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(_distill_cmd(setup, tmp_path / "full"), check=True, env=env, capture_output=True)
-    proc = subprocess.Popen(_distill_cmd(setup, tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(_distill_cmd(train_setup, tmp_path / "full"), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(_distill_cmd(train_setup, tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (tmp_path / "killed" / "step-5.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
@@ -156,41 +120,41 @@ def test_resume_after_sigkill_is_bit_identical(setup, tmp_path):
     proc.wait()
     done = sorted(int(p.stem.split("-")[1]) for p in (tmp_path / "killed").glob("step-*.pt"))
     assert done and done[-1] < 12, "the run was not killed in the middle"
-    subprocess.run(_distill_cmd(setup, tmp_path / "killed", "--resume"), check=True, env=env, capture_output=True)
+    subprocess.run(_distill_cmd(train_setup, tmp_path / "killed", "--resume"), check=True, env=env, capture_output=True)
     a = checkpoint.load_file(tmp_path / "full" / "step-12.pt")["model"]
     b = checkpoint.load_file(tmp_path / "killed" / "step-12.pt")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.slow
-def test_bad_files_are_skipped_and_reported(setup, tmp_path, capsys):
-    good = (setup / "train.tsv").read_text().splitlines()
+def test_bad_files_are_skipped_and_reported(train_setup, tmp_path, capsys):
+    good = (train_setup / "train.tsv").read_text().splitlines()
     (tmp_path / "corrupt.wav").write_bytes(b"RIFF\x00\x00garbage" * 100)
     sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), 16000)
     root = good[0]
     lines = [root] + good[1:9] + [f"{tmp_path / 'corrupt.wav'}\t8000", f"{tmp_path / 'empty.wav'}\t8000",
                                   f"{tmp_path / 'missing.wav'}\t8000"]
     (tmp_path / "bad.tsv").write_text("\n".join(lines) + "\n")
-    assert run_cli("distill", "--stage", "1", "--teacher", setup / "teacher", "--train", tmp_path / "bad.tsv",
-                   "--config", setup / "distill.yaml", "--out", tmp_path / "run", "--set", "max_steps=8") == 0
+    assert run_cli("distill", "--stage", "1", "--teacher", train_setup / "teacher", "--train", tmp_path / "bad.tsv",
+                   "--config", train_setup / "distill.yaml", "--out", tmp_path / "run", "--set", "max_steps=8") == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["step"] == 8
     assert "3" in summary["skipped"] and all(w in summary["skipped"] for w in ("missing", "empty", "unreadable"))
 
 
-def test_distill_argument_errors(setup, tmp_path, capsys):
-    code = run_cli("distill", "--stage", "2", "--teacher", setup / "teacher", "--train", setup / "train.tsv",
-                   "--config", setup / "distill.yaml", "--out", tmp_path / "r")
+def test_distill_argument_errors(train_setup, tmp_path, capsys):
+    code = run_cli("distill", "--stage", "2", "--teacher", train_setup / "teacher", "--train", train_setup / "train.tsv",
+                   "--config", train_setup / "distill.yaml", "--out", tmp_path / "r")
     assert code == 2 and "stage 2 starts from a stage-1 checkpoint" in capsys.readouterr().err
-    code = run_cli("distill", "--stage", "1", "--teacher", setup / "teacher", "--train", setup / "train.tsv",
-                   "--config", setup / "distill.yaml", "--out", tmp_path / "r", "--set", "target_layers=9")
+    code = run_cli("distill", "--stage", "1", "--teacher", train_setup / "teacher", "--train", train_setup / "train.tsv",
+                   "--config", train_setup / "distill.yaml", "--out", tmp_path / "r", "--set", "target_layers=9")
     assert code == 2 and "exceeds the teacher's 3 layers" in capsys.readouterr().err
     assert run_cli("distill", "--stage", "1", "--out", tmp_path / "r") == 2
     assert "distill needs --teacher, --train" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_torchrun_two_cpu_processes(setup, tmp_path):
+def test_torchrun_two_cpu_processes(train_setup, tmp_path):
     """Both stages under torchrun (gloo); ranks stay identical (checked every step inside the
     run), and 3 steps match one process with the same global batch."""
     files = sorted(FSDD.glob("*_george_*.wav"))[:40]
@@ -200,7 +164,7 @@ def test_torchrun_two_cpu_processes(setup, tmp_path):
     (tmp_path / "eq.tsv").write_text("\n".join([str(tmp_path)] + [f"u{i}.wav\t8000" for i in range(4)]) + "\n")
     space = dict(SPACE, supernet=dict(SPACE["supernet"], dropout=0.0))  # no dropout: RNG streams differ per rank
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
-    base = ["--teacher", str(setup / "teacher"), "--train", str(tmp_path / "eq.tsv"), "--config", str(setup / "distill.yaml"),
+    base = ["--teacher", str(train_setup / "teacher"), "--train", str(tmp_path / "eq.tsv"), "--config", str(train_setup / "distill.yaml"),
             "--set", f"space={tmp_path / 'space.yaml'}", "--set", "max_steps=3", "--set", "mask_prob=0",
             "--set", "loss_on=all", "--set", "check_sync_every=1", "--set", "min_sample_size=1000",
             # Adam turns float-noise gradients of shift-invariant parameters (k_proj.bias: true gradient 0)
@@ -225,15 +189,15 @@ def test_torchrun_two_cpu_processes(setup, tmp_path):
     assert (tmp_path / "ddp2" / "step-3.pt").exists() and not list((tmp_path / "ddp2").glob("*.tmp"))
 
 
-def test_non_finite_losses_stop_the_run_with_good_weights(setup, tmp_path, capsys):
-    teacher = checkpoint.load_model(setup / "teacher")
+def test_non_finite_losses_stop_the_run_with_good_weights(train_setup, tmp_path, capsys):
+    teacher = checkpoint.load_model(train_setup / "teacher")
     with torch.no_grad():
         teacher.encoder.pos_conv[0].bias[0] = float("nan")  # every target becomes NaN
     from lighthubert.export import save_compact
 
     save_compact(teacher, teacher.cfg, tmp_path / "nan_teacher")
-    code = run_cli("distill", "--stage", "1", "--teacher", tmp_path / "nan_teacher", "--train", setup / "train.tsv",
-                   "--config", setup / "distill.yaml", "--out", tmp_path / "run", "--set", "max_steps=50",
+    code = run_cli("distill", "--stage", "1", "--teacher", tmp_path / "nan_teacher", "--train", train_setup / "train.tsv",
+                   "--config", train_setup / "distill.yaml", "--out", tmp_path / "run", "--set", "max_steps=50",
                    "--set", "max_bad_steps=3", "--set", "init_from_teacher=false")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "3 non-finite steps in a row at step 3" in err[-1] and "--resume" in err[-1]
