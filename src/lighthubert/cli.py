@@ -173,9 +173,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"supernet checkpoint: {ckpt}; audio: {out / 'audio'}")
     loaded = checkpoint.load_model(ckpt)
     rows = _subnet_rows(space, [("default", space.default), ("max", space.max()), ("min", space.min())])
-    for row, name in zip(rows, ("default", "max", "min")):
-        loaded.set_subnet(name)
-        report = extract_files(loaded, wavs, out / "features" / name, progress=False)
+    for row in rows:
+        loaded.set_subnet(row["name"])
+        report = extract_files(loaded, wavs, out / "features" / row["name"], progress=False)
         wav = data.load_audio(wavs[-1])
         times = []
         for _ in range(3):
