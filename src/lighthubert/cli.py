@@ -15,7 +15,7 @@ import soundfile as sf
 import torch
 import yaml
 
-from . import checkpoint, data, distributed
+from . import checkpoint, data, distributed, probes
 from .export import FORMATS as EXPORT_FORMATS
 from .export import export_subnet
 from .extract import extract, extract_files
@@ -199,6 +199,30 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    cfg = probes.ProbeConfig(task=args.task, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                             hidden=args.hidden, seed=args.seed)
+    if args.checkpoint == probes.MFCC:
+        if args.subnet or args.device:
+            raise ValueError("--subnet and --device need a checkpoint; the mfcc baseline has neither")
+        source, name = probes.MFCC, probes.MFCC
+    else:
+        source = checkpoint.load_model(args.checkpoint, args.subnet)
+        if args.device:
+            source.to(args.device)
+        name = _shape(source)
+    result = probes.probe(source, args.train, args.test, args.labels, cfg, progress=not args.quiet)
+    if args.json:
+        print(json.dumps({"source": name, **result.to_dict()}, indent=2))
+        return 0
+    print(f"{result.task} on {name}: accuracy {result.accuracy:.3f} ({round(result.accuracy * result.n_test)}/{result.n_test} "
+          f"test utterances; {len(result.classes)} classes, {result.n_train} training utterances)")
+    print("layer  weight")
+    for i, w in enumerate(result.layer_weights):
+        print(f"{i:>5}  {w:.3f}  {'#' * round(40 * w)}")
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line, like every other error of the CLI (exit status 2)."""
 
@@ -279,6 +303,29 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--ext", default="flac,wav", help="comma-separated extensions, case-insensitive (default flac,wav)")
     m.add_argument("--seed", type=int, default=42, help="seed of the train/valid split (default 42)")
     m.set_defaults(func=cmd_manifest)
+
+    r = sub.add_parser("probe", help="SUPERB-style probe: train a small head on frozen features, report test accuracy",
+                       description="Computes every hidden state of the train and test manifests once, trains a "
+                                   "learnable softmax-weighted sum of them (s3prl's Featurizer), mean pooling and a "
+                                   "small head, and prints the test accuracy and the learned layer weights.")
+    r.add_argument("--checkpoint", required=True, help="any checkpoint `lighthubert.load` reads, or `mfcc` for the MFCC baseline")
+    r.add_argument("--subnet", help=f"{SUBNET_HELP}; default: the checkpoint's own")
+    r.add_argument("--train", required=True, help="training manifest (.tsv)")
+    r.add_argument("--test", required=True, help="test manifest (.tsv)")
+    r.add_argument("--labels", required=True, help="CSV file of path,label rows (paths relative to the manifest root or "
+                   "absolute), or a regex on the file stem whose first group is the label, e.g. '^(\\d)_'")
+    defaults = probes.ProbeConfig()
+    r.add_argument("--task", default=defaults.task, choices=probes.TASKS, help="probe task (default %(default)s)")
+    r.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs (default %(default)s)")
+    r.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate (default %(default)s)")
+    r.add_argument("--batch-size", type=int, default=defaults.batch_size, help="utterances per step (default %(default)s)")
+    r.add_argument("--hidden", type=int, default=defaults.hidden,
+                   help="width of the head's ReLU layer; 0 = linear head, SUPERB's (default %(default)s)")
+    r.add_argument("--seed", type=int, default=defaults.seed, help="seeds the head's init and batch order (default %(default)s)")
+    r.add_argument("--device", help="torch device for the upstream, e.g. cuda (default cpu)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--json", action="store_true", help="machine-readable output")
+    r.set_defaults(func=cmd_probe)
     return p
 
 
