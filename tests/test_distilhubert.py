@@ -4,7 +4,6 @@ the shared trainer, export without heads, and the errors of its recipe."""
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 
@@ -17,7 +16,7 @@ from lighthubert.cli import main
 from lighthubert.model import DistilHuBERT, ModelConfig
 
 transformers = pytest.importorskip("transformers")
-from test_teachers import HF_TO_FAIRSEQ, assert_layers_match, hf_model, hf_reference  # noqa: E402
+from test_teachers import assert_layers_match, fairseq_keys, hf_model, hf_reference  # noqa: E402
 
 S3PRL_CFG = {"extractor_mode": "default", "extractor_conv_feature_layers": "[(32, 10, 5)] + [(32, 3, 2)] + [(32, 2, 2)]",
              "feature_grad_mult": 0.1, "conv_pos": 16, "conv_pos_groups": 4, "encoder_layers": 2, "encoder_embed_dim": 64,
@@ -37,16 +36,7 @@ def test_base_shape_parameter_counts():
 
 def _s3prl_state(hf, heads):
     """The s3prl `Distiller` layout of a transformers 2-layer HuBERT plus heads (this test's own table)."""
-    state = {}
-    for key, value in hf.state_dict().items():
-        if key == "masked_spec_embed":
-            continue
-        key = key.replace("parametrizations.weight.original0", "weight_g").replace("parametrizations.weight.original1", "weight_v")
-        for pattern, repl in HF_TO_FAIRSEQ:
-            if re.match(pattern, key):
-                key = re.sub(pattern, repl, key)
-                break
-        state[key] = value
+    state = {k: v for k, v in fairseq_keys(hf).items() if k != "mask_emb"}  # DistillerModel has no mask_emb
     g = torch.Generator().manual_seed(0)
     state["output_layer.0.weight"] = torch.randn(64 * heads, 64, generator=g) * 0.1
     state["output_layer.0.bias"] = torch.randn(64 * heads, generator=g) * 0.1

@@ -95,7 +95,8 @@ def test_transformers_bin_weights_and_missing_weights(tmp_path):
         lighthubert.load(tmp_path)
 
 
-def _fairseq_state(hf):
+def fairseq_keys(hf) -> dict:
+    """A transformers model's state dict under fairseq names, by this test's own table."""
     state = {}
     for key, value in hf.state_dict().items():
         key = key.replace("parametrizations.weight.original0", "weight_g").replace("parametrizations.weight.original1", "weight_v")
@@ -104,6 +105,11 @@ def _fairseq_state(hf):
                 key = re.sub(pattern, repl, key)
                 break
         state[key] = value
+    return state
+
+
+def _fairseq_state(hf):
+    state = fairseq_keys(hf)
     state["final_proj.weight"] = torch.randn(16, 64)
     state["final_proj.bias"] = torch.randn(16)
     state["label_embs_concat"] = torch.randn(104, 16)
