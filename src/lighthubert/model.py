@@ -109,6 +109,11 @@ class ConvBlock(nn.Module):
         elif norm == "group_norm":
             self.norm = nn.GroupNorm(c_out, c_out)
 
+    def out_lengths(self, lengths: Tensor) -> Tensor:
+        """Output steps for `lengths` input steps (B,): floor((n - k) / s) + 1."""
+        k, s = self.conv.kernel_size[0], self.conv.stride[0]
+        return torch.div(lengths - k, s, rounding_mode="floor") + 1
+
     def forward(self, x: Tensor, frames: Optional[Tensor] = None) -> Tensor:  # (B, N, C_in) -> (B, T, C_out)
         """`frames` (B,): valid output frames per utterance, so that GroupNorm ignores padding."""
         w, b = self.conv.weight, self.conv.bias
@@ -164,17 +169,14 @@ class FeatureExtractor(nn.Module):
         """`lengths` (B,): valid samples, needed only by the GroupNorm of the `default` mode."""
         x = wav.unsqueeze(-1)
         for block in self.conv_layers:
-            if lengths is not None:
-                k, s = block.conv.kernel_size[0], block.conv.stride[0]
-                lengths = torch.div(lengths - k, s, rounding_mode="floor") + 1
+            lengths = None if lengths is None else block.out_lengths(lengths)
             x = block(x, lengths)
         return x
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
         """Frames produced from `lengths` samples (B,), as torchaudio's `_get_feat_extract_output_lengths`."""
         for block in self.conv_layers:
-            k, s = block.conv.kernel_size[0], block.conv.stride[0]
-            lengths = torch.div(lengths - k, s, rounding_mode="floor") + 1
+            lengths = block.out_lengths(lengths)
         return lengths.clamp(min=0)
 
 
