@@ -56,8 +56,8 @@ def extract(model: HuBERT, wavs: Sequence[Tensor], max_batch_samples: int = 1600
     if model.cfg.normalize:
         wavs = [normalize(w.float()) for w in wavs]
     out: list[Optional[Tensor]] = [None] * len(wavs)
-    lengths = [w.numel() for w in wavs]
-    for idx in batch_by_size(lengths, max(max_batch_samples, max(lengths, default=0))):  # a long file goes alone
+    sizes = [w.numel() for w in wavs]
+    for idx in batch_by_size(sizes, max(max_batch_samples, max(sizes, default=0))):  # a long file goes alone
         batch, lengths = collate([wavs[i] for i in idx])
         feats = model(batch.to(device, dtype), lengths if len(idx) > 1 else None)
         frames = model.frame_lengths(lengths)
