@@ -124,6 +124,12 @@ def test_info_reads_checkpoint(tiny_checkpoint, capsys):
     assert code == 0 and out.splitlines()[1].startswith("name") and "checkpoint" in out
 
 
+def test_info_on_a_dense_model_points_to_teacher_info(tiny_checkpoint, tmp_path, capsys):
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--format", "compact", "--output", str(tmp_path / "c")]) == 0
+    code, _, err = run(capsys, "info", "--checkpoint", tmp_path / "c")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "lighthubert teacher-info" in err
+
+
 def test_console_script_is_installed():
     done = subprocess.run([sys.executable, "-m", "lighthubert", "info", "--space", "small"], capture_output=True, text=True)
     assert done.returncode == 0 and "26,879,744" in done.stdout

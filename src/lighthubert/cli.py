@@ -58,6 +58,9 @@ def _print_table(rows: list[dict], extra: Sequence[str] = ()) -> None:
 def cmd_info(args: argparse.Namespace) -> int:
     if args.checkpoint:
         model = checkpoint.load_model(args.checkpoint)
+        if not isinstance(model, LightHuBERT):
+            raise ValueError(f"{args.checkpoint} is a fixed-shape model, not a supernet; describe it with "
+                             f"`lighthubert teacher-info {args.checkpoint}`")
         space, current = model.space, model.subnet
     else:
         space, current = SearchSpace.named(args.space), None
