@@ -226,6 +226,31 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from . import search as searching  # here, so the other commands do not pay for it
+
+    cfg = searching.SearchConfig(
+        algorithm=args.algorithm, population=args.population, generations=args.generations, seed=args.seed,
+        max_params=args.max_params, max_macs=args.max_macs, max_latency_ms=args.max_latency_ms,
+        measure_latency=args.measure_latency, valid_batches=args.valid_batches, target_layers=args.target_layers,
+        device=args.device)
+    model = checkpoint.load_model(args.checkpoint)
+    if not isinstance(model, LightHuBERT):
+        raise ValueError(f"{args.checkpoint} is a fixed-shape model; search needs a LightHuBERT supernet checkpoint")
+    teacher = checkpoint.load_model(args.teacher)
+    result = searching.search(model, teacher, args.valid, args.out, cfg, resume=args.resume, progress=not args.quiet)
+    best = next(r for r in result.history if r["describe"] == result.best.describe())
+    latency = f", {best['latency_ms']:.1f} ms measured" if "latency_ms" in best else ""
+    print(f"best subnet {result.best.describe()}: loss {result.best_loss:.5f}, {best['params']:,} params, "
+          f"{format_count(best['macs'])} MACs/1s audio{latency} ({result.evaluations} subnets evaluated, "
+          f"{result.new_evaluations} in this run)")
+    print(json.dumps(result.best.to_official(model.cfg.head_dim)))
+    print("Pareto front (params vs validation loss):")
+    print(searching.pareto_table(result.pareto))
+    print(f"wrote {Path(args.out) / 'best.json'}, history.jsonl and pareto.json")
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line, like every other error of the CLI (exit status 2)."""
 
@@ -329,6 +354,31 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--json", action="store_true", help="machine-readable output")
     r.set_defaults(func=cmd_probe)
+
+    s = sub.add_parser("search", help="search a supernet for the subnet with the lowest distillation loss under budgets",
+                       description="Evolutionary (or random) search over the supernet's space. Fitness: the "
+                                   "distillation validation loss against the teacher; budgets: parameters, MACs "
+                                   "per 1 s of audio, measured latency. Writes OUT/best.json, history.jsonl, "
+                                   "pareto.json and search.json.")
+    s.add_argument("--checkpoint", required=True, help="stage-2 supernet checkpoint")
+    s.add_argument("--teacher", required=True, help="the teacher it was distilled from (any format `load` reads)")
+    s.add_argument("--valid", required=True, help="validation manifest (.tsv)")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--max-params", type=int, help="parameter budget (official count)")
+    s.add_argument("--max-macs", type=int, help="MAC budget per 1 s of audio")
+    s.add_argument("--max-latency-ms", type=float, help="latency budget for 1 s of audio, measured on --device")
+    s.add_argument("--measure-latency", action="store_true", help="measure and record latency without a latency budget")
+    s.add_argument("--algorithm", default="evolution", choices=("evolution", "random"), help="(default %(default)s)")
+    s.add_argument("--population", type=int, default=20, help="candidates per generation (default %(default)s)")
+    s.add_argument("--generations", type=int, default=10, help="generations (default %(default)s)")
+    s.add_argument("--seed", type=int, default=1, help="seeds the search, masks and crops (default %(default)s)")
+    s.add_argument("--valid-batches", type=int, default=0, help="validation batches per subnet; 0 = all (default)")
+    s.add_argument("--target-layers", type=int, default=8, help="mean of the teacher's last K layers, as in "
+                   "training (default %(default)s)")
+    s.add_argument("--device", help="torch device (default cuda if available); latency is measured there")
+    s.add_argument("--resume", action="store_true", help="reuse OUT/history.jsonl and continue")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_search)
     return p
 
 

@@ -310,6 +310,9 @@ class Trainer:
         dev = self.ctx.device
         if cfg.precision != "fp32" and dev.type != "cuda":
             raise ValueError(f"precision {cfg.precision} needs CUDA; on {dev.type} use fp32")
+        # the manifests first: a typo there should not wait for a teacher to load
+        self.train_set = AudioDataset(train, min_samples=cfg.min_sample_size)
+        self.valid_set = AudioDataset(valid, min_samples=cfg.min_sample_size) if valid else None
         self.teacher = checkpoint.load_model(teacher_path).to(dev).eval().requires_grad_(False)
         self.teacher.encoder.layerdrop = 0.0
         recipe = DistilHuBERTRecipe if cfg.method == "distilhubert" else LightHuBERTRecipe
@@ -322,8 +325,6 @@ class Trainer:
                                            weight_decay=cfg.weight_decay, fused=True)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-        self.train_set = AudioDataset(train, min_samples=cfg.min_sample_size)
-        self.valid_set = AudioDataset(valid, min_samples=cfg.min_sample_size) if valid else None
         self.sampler = BucketBatchSampler(self.train_set.sizes, cfg.max_batch_samples, cfg.seed, self.ctx.world_size,
                                           self.ctx.rank, max_crop=cfg.max_sample_size)
         self.step, self.epoch, self.batches_done = 0, 0, 0
