@@ -15,7 +15,7 @@ import soundfile as sf
 import torch
 import yaml
 
-from . import checkpoint, data, distributed, probes
+from . import checkpoint, data, distributed, probes, search
 from .export import FORMATS as EXPORT_FORMATS
 from .export import export_subnet
 from .extract import extract, extract_files
@@ -227,9 +227,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from . import search as searching  # here, so the other commands do not pay for it
-
-    cfg = searching.SearchConfig(
+    cfg = search.SearchConfig(
         algorithm=args.algorithm, population=args.population, generations=args.generations, seed=args.seed,
         max_params=args.max_params, max_macs=args.max_macs, max_latency_ms=args.max_latency_ms,
         measure_latency=args.measure_latency, valid_batches=args.valid_batches, target_layers=args.target_layers,
@@ -238,7 +236,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not isinstance(model, LightHuBERT):
         raise ValueError(f"{args.checkpoint} is a fixed-shape model; search needs a LightHuBERT supernet checkpoint")
     teacher = checkpoint.load_model(args.teacher)
-    result = searching.search(model, teacher, args.valid, args.out, cfg, resume=args.resume, progress=not args.quiet)
+    result = search.search(model, teacher, args.valid, args.out, cfg, resume=args.resume, progress=not args.quiet)
     best = next(r for r in result.history if r["describe"] == result.best.describe())
     latency = f", {best['latency_ms']:.1f} ms measured" if "latency_ms" in best else ""
     print(f"best subnet {result.best.describe()}: loss {result.best_loss:.5f}, {best['params']:,} params, "
@@ -246,7 +244,7 @@ def cmd_search(args: argparse.Namespace) -> int:
           f"{result.new_evaluations} in this run)")
     print(json.dumps(result.best.to_official(model.cfg.head_dim)))
     print("Pareto front (params vs validation loss):")
-    print(searching.pareto_table(result.pareto))
+    print(search.pareto_table(result.pareto))
     print(f"wrote {Path(args.out) / 'best.json'}, history.jsonl and pareto.json")
     return 0
 

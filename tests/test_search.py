@@ -1,0 +1,127 @@
+"""Subnet search on the tiny training setup: genome, budgets, determinism, resume, CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+
+import pytest
+import torch
+
+from lighthubert import checkpoint
+from lighthubert.cli import main
+from lighthubert.search import GenomeCodec, SearchConfig, check_budgets, pareto_front, search
+from lighthubert.space import SearchSpace, SubnetConfig, count_macs, count_subnet_params
+from lighthubert.supernet import LightHuBERT
+
+FAST = dict(population=4, generations=3, valid_batches=2, max_batch_samples=64000, max_sample_size=8000,
+            min_sample_size=4000, target_layers=2, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def setup(train_setup):
+    """(supernet, teacher, space): the supernet's head predicts the teacher's width, as LightHuBERTRecipe sets."""
+    teacher = checkpoint.load_model(train_setup / "teacher")
+    space = SearchSpace.from_yaml(train_setup / "space.yaml")
+    space = dataclasses.replace(space, model=dataclasses.replace(space.model, pred_dim=teacher.cfg.embed_dim))
+    torch.manual_seed(0)
+    return LightHuBERT(space).eval(), teacher, space
+
+
+def _run(setup, train_setup, out, resume=False, **kw):
+    model, teacher, _ = setup
+    return search(model, teacher, train_setup / "valid.tsv", out, SearchConfig(**{**FAST, **kw}), resume=resume,
+                  progress=False)
+
+
+def test_genome_ops_stay_inside_space(tiny_space):
+    codec, rng = GenomeCodec(tiny_space), random.Random(0)
+    for _ in range(200):
+        a, b = codec.random(rng), codec.random(rng)
+        for g in (a, codec.mutate(a, rng, 0.5), codec.crossover(a, b, rng), codec.shrink(a, rng) or a):
+            assert len(g) == 2 * max(tiny_space.depths) + 2
+            tiny_space.validate(codec.decode(g))
+    assert codec.decode(codec.minimum()) == tiny_space.min()
+    assert codec.shrink(codec.minimum(), rng) is None
+
+
+def test_config_errors_name_the_field():
+    for kw, name in ((dict(algorithm="grid"), "algorithm"), (dict(population=1), "population"),
+                     (dict(mutation_prob=2), "mutation_prob"), (dict(max_params=0), "max_params"),
+                     (dict(parent_fraction=0), "parent_fraction")):
+        with pytest.raises(ValueError, match=name):
+            SearchConfig(**kw)
+
+
+def test_impossible_budget_names_the_smallest_subnet():
+    with pytest.raises(ValueError, match=r"max_params 1,000,000 is below the smallest subnet of the base space "
+                                         r"\(41,249,536 parameters, the min subnet\)"):
+        check_budgets(SearchSpace.base(), SearchConfig(max_params=1_000_000))
+    with pytest.raises(ValueError, match="max_macs 1 is below .* MACs per 1 s of audio, the min subnet"):
+        check_budgets(SearchSpace.base(), SearchConfig(max_macs=1))
+
+
+def test_budgets_respected_and_outputs_valid(setup, train_setup, tmp_path):
+    _, _, space = setup
+    mid = count_subnet_params(space, space.default)
+    macs = count_macs(space.model_config(space.default))
+    result = _run(setup, train_setup, tmp_path, max_params=mid, max_macs=macs, measure_latency=True, latency_runs=1)
+    lines = [json.loads(x) for x in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert len(lines) == result.evaluations == result.new_evaluations > 1
+    for rec in lines:
+        sub = SubnetConfig.from_official(rec["subnet"], space.model.head_dim)
+        space.validate(sub)
+        assert rec["params"] == count_subnet_params(space, sub) <= mid
+        assert rec["macs"] <= macs and rec["latency_ms"] > 0 and rec["loss"] > 0
+    best = SubnetConfig.parse((tmp_path / "best.json").read_text(), space.model.head_dim)
+    space.validate(best)
+    assert best == result.best and result.best_loss == min(r["loss"] for r in lines)
+    front = json.loads((tmp_path / "pareto.json").read_text())
+    assert front == pareto_front(lines) and front[-1]["loss"] == result.best_loss
+
+
+def test_evolution_deterministic_and_resume_reuses_history(setup, train_setup, tmp_path):
+    a = _run(setup, train_setup, tmp_path / "a", seed=3)
+    b = _run(setup, train_setup, tmp_path / "b", seed=3)
+    assert (tmp_path / "a" / "history.jsonl").read_text() == (tmp_path / "b" / "history.jsonl").read_text()
+    assert a.best == b.best
+    with pytest.raises(ValueError, match="--resume"):
+        _run(setup, train_setup, tmp_path / "a", seed=3)
+    with pytest.raises(ValueError, match="other settings"):
+        _run(setup, train_setup, tmp_path / "a", resume=True, seed=4)
+    # an interrupted run (history cut after 3 lines) continues: 3 reused, the rest evaluated
+    lines = (tmp_path / "b" / "history.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "b" / "history.jsonl").write_text("".join(lines[:3]))
+    c = _run(setup, train_setup, tmp_path / "b", resume=True, seed=3)
+    assert c.new_evaluations == a.evaluations - 3 and c.best == a.best
+    assert (tmp_path / "b" / "history.jsonl").read_text() == (tmp_path / "a" / "history.jsonl").read_text()
+    again = _run(setup, train_setup, tmp_path / "b", resume=True, seed=3)
+    assert again.new_evaluations == 0 and again.best == a.best
+
+
+def test_evolution_vs_random_same_evaluations(setup, train_setup, tmp_path):
+    evo = _run(setup, train_setup, tmp_path / "evo", seed=1, population=6, generations=4)
+    rnd = _run(setup, train_setup, tmp_path / "rnd", seed=1, algorithm="random", population=evo.evaluations,
+               generations=1)
+    print(f"evolution best {evo.best_loss:.5f} ({evo.evaluations} subnets), "
+          f"random best {rnd.best_loss:.5f} ({rnd.evaluations} subnets)")
+    assert evo.best_loss <= rnd.best_loss
+
+
+def test_cli_search(setup, train_setup, tmp_path, capsys):
+    model, _, space = setup
+    ckpt = tmp_path / "supernet.pt"
+    checkpoint.save_file(checkpoint.official_checkpoint(model), ckpt)
+    base = ["search", "--checkpoint", str(ckpt), "--teacher", str(train_setup / "teacher"), "--valid",
+            str(train_setup / "valid.tsv"), "--out", str(tmp_path / "s"), "--target-layers", "2", "--population", "3",
+            "--generations", "2", "--valid-batches", "1", "--device", "cpu", "--quiet"]
+    assert main(base + ["--max-params", "1000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lighthubert: error: max_params 1,000 is below the smallest subnet")
+    assert main(base) == 0
+    out = capsys.readouterr().out
+    assert "best subnet" in out and "loss" in out and "params" in out
+    space.validate(SubnetConfig.parse((tmp_path / "s" / "best.json").read_text(), space.model.head_dim))
+    assert main(base) == 2 and "--resume" in capsys.readouterr().err
+    assert main(base + ["--resume"]) == 0
