@@ -23,11 +23,11 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .data import AudioDataset, BucketBatchSampler, CropCollate
+from .data import AudioDataset
 from .model import HuBERT
 from .space import SearchSpace, SubnetConfig, count_macs, count_subnet_params, format_count
 from .supernet import LightHuBERT
-from .trainer import DistillConfig, LightHuBERTRecipe
+from .trainer import DistillConfig, LightHuBERTRecipe, validation_batches
 
 log = logging.getLogger(__name__)
 
@@ -176,17 +176,11 @@ class Fitness:
         dataset = AudioDataset(valid_tsv, min_samples=cfg.min_sample_size)
         if len(dataset) == 0:
             raise ValueError(f"{valid_tsv}: no validation utterance of at least {cfg.min_sample_size} samples")
-        sampler = BucketBatchSampler(dataset.sizes, cfg.max_batch_samples, cfg.seed, shuffle=False, drop_last=False,
-                                     max_crop=cfg.max_sample_size)
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=0,
-                                             collate_fn=CropCollate(cfg.max_sample_size, cfg.seed))
         self.batches: list[tuple[int, Tensor, Tensor]] = []  # (batch index, wav, teacher target)
-        for b, batch in enumerate(loader):
+        for b, wav in validation_batches(dataset, cfg.max_batch_samples, cfg.max_sample_size, cfg.seed):
             if cfg.valid_batches and b >= cfg.valid_batches:
                 break
-            if batch["wav"] is None:
-                continue
-            wav = batch["wav"].to(device)
+            wav = wav.to(device)
             self.batches.append((b, wav, self.recipe.targets(teacher, wav)))
         if not self.batches:
             raise ValueError(f"{valid_tsv}: no readable validation audio")

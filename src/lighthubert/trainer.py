@@ -18,7 +18,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 import yaml
@@ -161,6 +161,19 @@ def learning_rate(cfg: DistillConfig, step: int) -> float:
         return cfg.lr
     decay = max(1, cfg.max_steps - hold_end)  # exponential decay to final_lr_scale, as fairseq's tri_stage
     return cfg.lr * cfg.final_lr_scale ** (min(step - hold_end, decay) / decay)
+
+
+def validation_batches(dataset: AudioDataset, max_batch_samples: int, max_sample_size: int, seed: int,
+                       replicas: int = 1, rank: int = 0) -> Iterator[tuple[int, Tensor]]:
+    """Validation batches in a fixed order: (batch index, cropped audio (B, N)); batches whose
+    files were all unusable are left out. Masks seeded by the index make losses comparable."""
+    sampler = BucketBatchSampler(dataset.sizes, max_batch_samples, seed, replicas, rank, shuffle=False, drop_last=False,
+                                 max_crop=max_sample_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=CropCollate(max_sample_size, seed),
+                                         num_workers=0)
+    for b, batch in enumerate(loader):
+        if batch["wav"] is not None:
+            yield b, batch["wav"]
 
 
 class TrainingError(RuntimeError):
@@ -411,16 +424,11 @@ class Trainer:
         if self.valid_set is None:
             return {}
         self.student.eval()
-        sampler = BucketBatchSampler(self.valid_set.sizes, self.cfg.max_batch_samples, self.cfg.seed, self.ctx.world_size,
-                                     self.ctx.rank, shuffle=False, drop_last=False, max_crop=self.cfg.max_sample_size)
-        loader = torch.utils.data.DataLoader(self.valid_set, batch_sampler=sampler,
-                                             collate_fn=CropCollate(self.cfg.max_sample_size, self.cfg.seed), num_workers=0)
         sums = {name: 0.0 for name in self.recipe.valid_subnets()}
         count = 0
-        for b, batch in enumerate(loader):
-            if batch["wav"] is None:
-                continue
-            wav = batch["wav"].to(self.ctx.device)
+        for b, wav in validation_batches(self.valid_set, self.cfg.max_batch_samples, self.cfg.max_sample_size,
+                                         self.cfg.seed, self.ctx.world_size, self.ctx.rank):
+            wav = wav.to(self.ctx.device)
             target = self.recipe.targets(self.teacher, wav)
             for name, sub in self.recipe.valid_subnets().items():
                 gen = torch.Generator().manual_seed(self.cfg.seed + b)
