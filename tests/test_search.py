@@ -79,6 +79,10 @@ def test_budgets_respected_and_outputs_valid(setup, train_setup, tmp_path):
     assert best == result.best and result.best_loss == min(r["loss"] for r in lines)
     front = json.loads((tmp_path / "pareto.json").read_text())
     assert front == pareto_front(lines) and front[-1]["loss"] == result.best_loss
+    from matplotlib.image import imread
+
+    png = imread(tmp_path / "pareto.png")  # a real picture: 6.4 x 4.2 in at 120 dpi, not blank
+    assert png.shape[:2] == (504, 768) and png[..., :3].std() > 0.05
 
 
 def test_evolution_deterministic_and_resume_reuses_history(setup, train_setup, tmp_path):

@@ -245,7 +245,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(json.dumps(result.best.to_official(model.cfg.head_dim)))
     print("Pareto front (params vs validation loss):")
     print(search.pareto_table(result.pareto))
-    print(f"wrote {Path(args.out) / 'best.json'}, history.jsonl and pareto.json")
+    print(f"wrote {Path(args.out) / 'best.json'}, history.jsonl, pareto.json and pareto.png")
     return 0
 
 

@@ -246,6 +246,31 @@ def pareto_table(front: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot_pareto(records: list[dict], front: list[dict], best: dict, max_params: Optional[int], path: Path) -> None:
+    """PNG of every evaluated subnet (parameters vs validation loss), the Pareto front, the best
+    subnet and the parameter budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers and CI
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    ax.scatter([r["params"] / 1e6 for r in records], [r["loss"] for r in records], s=14, color="0.6", label="evaluated")
+    ax.plot([r["params"] / 1e6 for r in front], [r["loss"] for r in front], "o-", color="tab:blue", label="Pareto front")
+    ax.scatter([best["params"] / 1e6], [best["loss"]], s=90, marker="*", color="tab:red", zorder=3,
+               label=f"best: {best['describe']}")
+    if max_params is not None:
+        ax.axvline(max_params / 1e6, color="tab:red", linestyle="--", linewidth=1, label="parameter budget")
+    ax.set_xlabel("parameters (M, official count)")
+    ax.set_ylabel("distillation validation loss")
+    ax.set_title(f"subnet search: {len(records)} subnets")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 class _Searcher:
     """One run: feasibility, evaluation with the history cache, and the two algorithms."""
 
@@ -417,5 +442,6 @@ def search(model: LightHuBERT, teacher: HuBERT, valid_tsv: Union[str, Path], out
     front = pareto_front(records)
     (out / "best.json").write_text(json.dumps(best.to_official(space.model.head_dim), indent=2) + "\n")
     (out / "pareto.json").write_text(json.dumps(front, indent=2) + "\n")
+    plot_pareto(records, front, best_rec, cfg.max_params, out / "pareto.png")
     log.info("best %s: loss %.5f, %s parameters", best.describe(), best_rec["loss"], f"{best_rec['params']:,}")
     return SearchResult(best, best_rec["loss"], len(records), s.new, records, front)
