@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -18,7 +17,7 @@ import yaml
 from . import checkpoint, data, distributed, probes, search
 from .export import FORMATS as EXPORT_FORMATS
 from .export import export_subnet
-from .extract import extract, extract_files
+from .extract import extract_files
 from .model import HuBERT
 from .space import SearchSpace, SubnetConfig, count_macs, count_subnet_params, format_count
 from .supernet import LightHuBERT
@@ -179,13 +178,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for row in rows:
         loaded.set_subnet(row["name"])
         report = extract_files(loaded, wavs, out / "features" / row["name"], progress=False)
-        wav = data.load_audio(wavs[-1])
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            extract(loaded, [wav])
-            times.append(time.perf_counter() - start)
-        row["latency"] = f"{sorted(times)[1] * 1000 / (wav.numel() / data.SAMPLE_RATE):.0f} ms/s"
+        seconds = 4.0  # as long as the longest generated utterance
+        ms = search.measure_latency(loaded, space.subnet(row["name"]), runs=3, seconds=seconds)
+        row["latency"] = f"{ms / seconds:.0f} ms/s"
         row["features"] = "x".join(map(str, np.load(report.written[0]).shape))
     print(f"space {space.name}: {space.num_subnets:,} subnets")
     _print_table(rows, extra=("latency", "features"))
