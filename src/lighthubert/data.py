@@ -46,17 +46,20 @@ class AudioError(ValueError):
         return f"{self.kind}: {self}"
 
 
-def load_audio(path: Union[str, Path], sample_rate: int = SAMPLE_RATE) -> Tensor:
+def load_audio(path: Union[str, Path], sample_rate: int = SAMPLE_RATE, min_samples: int = 0) -> Tensor:
     """Reads any soundfile format as mono float32 at `sample_rate`.
 
     Channels are averaged; other rates are resampled with a polyphase filter
     (`scipy.signal.resample_poly`, Kaiser window).
 
+    Args:
+        min_samples: fewer samples (after resampling) is an error, e.g. shorter than a frame.
+
     Returns:
         (N,) float32 waveform.
 
     Raises:
-        AudioError: missing, unreadable, empty or non-finite audio; one line naming the file.
+        AudioError: missing, unreadable, empty, non-finite or too short audio; one line naming the file.
     """
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
@@ -76,6 +79,8 @@ def load_audio(path: Union[str, Path], sample_rate: int = SAMPLE_RATE) -> Tensor
         x = resample_poly(x, sample_rate // g, int(sr) // g).astype(np.float32)
     if not np.isfinite(x).all():
         raise AudioError(f"{path}: audio contains NaN or infinite samples", "non-finite")
+    if x.shape[0] < min_samples:
+        raise AudioError(f"{path}: {x.shape[0]} samples at {sample_rate} Hz is too short; at least {min_samples} needed", "too short")
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
@@ -257,9 +262,7 @@ class AudioDataset(Dataset):
         """Returns `{"index": i, "wav": (N,) float32 or None, "error": None or "<kind>: <path>: <why>"}`."""
         path = self.root / self.paths[i]
         try:
-            wav = load_audio(path)
-            if wav.numel() < self.min_samples:
-                raise AudioError(f"{path}: {wav.numel()} samples at 16 kHz, fewer than min_samples {self.min_samples}", "too short")
+            wav = load_audio(path, min_samples=self.min_samples)
             peak = wav.abs().max().item()
             if peak < SILENCE_PEAK:
                 raise AudioError(f"{path}: silent (peak {peak:.1e} below {SILENCE_PEAK:.0e})", "silent")

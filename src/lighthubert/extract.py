@@ -108,10 +108,7 @@ def extract_files(
         loaded: list[tuple[Path, Tensor]] = []
         for p in items[start : start + files_per_chunk]:
             try:
-                wav = load_audio(p)
-                if wav.numel() < shortest:
-                    raise AudioError(f"{p}: {wav.numel()} samples at 16 kHz is too short; at least {shortest} needed")
-                loaded.append((p, wav))
+                loaded.append((p, load_audio(p, min_samples=shortest)))
             except AudioError as e:
                 report.failed.append((str(p), str(e)))
                 log.error("%s", e)

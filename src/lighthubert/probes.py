@@ -30,7 +30,7 @@ from scipy.fft import dct, rfft
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .data import SAMPLE_RATE, AudioError, load_audio, read_manifest
+from .data import SAMPLE_RATE, load_audio, read_manifest
 from .extract import extract, min_samples
 from .model import HuBERT
 
@@ -225,12 +225,7 @@ class FrozenFeatures:
         hidden: list[Tensor] = []
         bar = tqdm(total=len(paths), unit="file", desc="features", disable=not progress)
         for start in range(0, len(paths), files_per_chunk):
-            wavs = []
-            for p in paths[start : start + files_per_chunk]:
-                wav = load_audio(p)
-                if wav.numel() < shortest:
-                    raise AudioError(f"{p}: {wav.numel()} samples at 16 kHz is too short; at least {shortest} needed", "too short")
-                wavs.append(wav)
+            wavs = [load_audio(p, min_samples=shortest) for p in paths[start : start + files_per_chunk]]
             if source == MFCC:
                 feats = [mfcc(w).unsqueeze(0) for w in wavs]
             else:
