@@ -19,7 +19,7 @@ from .export import FORMATS as EXPORT_FORMATS
 from .export import export_subnet
 from .extract import extract_files
 from .model import HuBERT
-from .space import SearchSpace, SubnetConfig, count_macs, count_subnet_params, format_count
+from .space import SearchSpace, SubnetConfig, count_macs, count_subnet_params, format_count, format_table
 from .supernet import LightHuBERT
 from .trainer import DistillConfig, Trainer, TrainingError
 
@@ -48,10 +48,7 @@ def _subnet_rows(space: SearchSpace, named: Sequence[tuple[str, SubnetConfig]]) 
 def _print_table(rows: list[dict], extra: Sequence[str] = ()) -> None:
     cols = ["name", "subnet", "params", "MACs/1s audio", *extra]
     cells = [[r["name"], r["subnet"], f"{r['params']:,}", format_count(r["macs_per_second"]), *(str(r[c]) for c in extra)] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
-    for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    print(format_table(cols, cells))
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from .data import AudioDataset
 from .model import HuBERT
-from .space import SearchSpace, SubnetConfig, count_macs, count_subnet_params, format_count
+from .space import SearchSpace, SubnetConfig, count_macs, count_subnet_params, format_count, format_table
 from .supernet import LightHuBERT
 from .trainer import DistillConfig, LightHuBERTRecipe, validation_batches
 
@@ -240,10 +240,7 @@ def pareto_table(front: list[dict]) -> str:
     cols = ["subnet", "params", "MACs/1s audio", "loss"] + (["latency ms (measured)"] if lat else [])
     rows = [[r["describe"], f"{r['params']:,}", format_count(r["macs"]), f"{r['loss']:.5f}"]
             + ([f"{r['latency_ms']:.1f}" if "latency_ms" in r else "-"] if lat else []) for r in front]
-    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
-    return "\n".join(lines)
+    return format_table(cols, rows)
 
 
 def plot_pareto(records: list[dict], front: list[dict], best: dict, max_params: Optional[int], path: Path) -> None:

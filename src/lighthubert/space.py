@@ -12,7 +12,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 import yaml
@@ -364,3 +364,8 @@ def format_count(n: float) -> str:
             return f"{n / scale:.2f}{unit}"
     return str(int(n))
 
+
+def format_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned text columns separated by two spaces, header first; for the CLI's tables."""
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in [list(columns), *rows])
