@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
-import soundfile as sf
 import torch
 import yaml
 
-from . import checkpoint, data, distributed, probes, search
+from . import checkpoint, data, demo, distributed, probes, search
 from .export import FORMATS as EXPORT_FORMATS
 from .export import export_subnet
 from .extract import extract_files
@@ -131,20 +130,29 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    overrides = tuple(args.set or ()) + tuple(f"{k}={v}" for k, v in (("stage", args.stage), ("method", args.method)) if v is not None)
+    """`distill` and `pretrain-teacher` (method hubert, no teacher): one trainer behind both."""
+    pretrain = args.command == "pretrain-teacher"
+    if pretrain:  # the method first, so that a --set method=... contradicting it is reported below
+        overrides = ("method=hubert",) + tuple(args.set or ())
+    else:
+        flags = (("stage", args.stage), ("method", args.method))
+        overrides = tuple(args.set or ()) + tuple(f"{k}={v}" for k, v in flags if v is not None)
     cfg = DistillConfig.from_yaml(args.config, overrides)
+    if pretrain and cfg.method != "hubert":
+        raise ValueError(f"pretrain-teacher trains with method hubert; the config says {cfg.method!r}")
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
-    missing = [f"--{n}" for n in ("teacher", "train", "out") if not getattr(args, n)]
+    missing = [f"--{n}" for n in (() if pretrain else ("teacher",)) + ("train", "out") if not getattr(args, n)]
     if missing:
-        raise ValueError(f"distill needs {', '.join(missing)}")
+        raise ValueError(f"{args.command} needs {', '.join(missing)}")
     out = Path(args.out)
     if not args.resume and any(out.glob("step-*.pt")):
         raise ValueError(f"{out} already holds checkpoints; pass --resume to continue that run or choose another --out")
     ctx = distributed.init(cfg.device)
     try:
-        trainer = Trainer(cfg, args.teacher, args.train, args.valid, args.out, init=args.init, ctx=ctx)
+        trainer = Trainer(cfg, None if pretrain else args.teacher, args.train, args.valid, args.out,
+                          init=None if pretrain else args.init, ctx=ctx)
         if args.resume and not trainer.resume():
             log.info("--resume: no checkpoint in %s yet, starting from scratch", out)
         summary = trainer.fit()
@@ -156,31 +164,33 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Interim main job: a seeded supernet, generated speech-like audio, extraction at each named subnet."""
-    out = Path(args.out)
-    torch.manual_seed(0)
-    space = SearchSpace.named(args.space)
-    model = LightHuBERT(space).eval()
-    ckpt = out / f"supernet-{space.name}.pt"
-    checkpoint.save_file(checkpoint.official_checkpoint(model), ckpt)
-    wavs = []
-    for i, f0 in enumerate((110.0, 160.0, 220.0)):
-        path = out / "audio" / f"utt{i}.wav"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(path, data.synthetic_speech(2.0 + i, f0, seed=i).numpy(), data.SAMPLE_RATE)
-        wavs.append(path)
-    print(f"supernet checkpoint: {ckpt}; audio: {out / 'audio'}")
-    loaded = checkpoint.load_model(ckpt)
-    rows = _subnet_rows(space, [("default", space.default), ("max", space.max()), ("min", space.min())])
-    for row in rows:
-        loaded.set_subnet(row["name"])
-        report = extract_files(loaded, wavs, out / "features" / row["name"], progress=False)
-        seconds = 4.0  # as long as the longest generated utterance
-        ms = search.measure_latency(loaded, space.subnet(row["name"]), runs=3, seconds=seconds)
-        row["latency"] = f"{ms / seconds:.0f} ms/s"
-        row["features"] = "x".join(map(str, np.load(report.written[0]).shape))
-    print(f"space {space.name}: {space.num_subnets:,} subnets")
-    _print_table(rows, extra=("latency", "features"))
+    """The main job: the whole pipeline on the built-in corpus (or --data), then the report."""
+    settings: dict = {"out": args.out}
+    for item in args.set or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        settings[key.strip()] = yaml.safe_load(value)
+    if args.data:
+        settings.update(data=args.data, test_regex=args.test_regex)
+    if args.labels:
+        if not args.data:
+            raise ValueError("--labels names the labels of --data files; the built-in corpus has its own")
+        pairs = [item.partition("=") for item in args.labels]
+        bad = [k for k, sep, v in pairs if not sep or not k or not v]
+        if bad:
+            raise ValueError(f"--labels expects name=regex-or-CSV, e.g. word='^(\\d)_'; got {args.labels}")
+        settings["labels"] = {k.strip(): v for k, _, v in pairs}
+    elif args.data:
+        raise ValueError("--data needs --labels name=regex-or-CSV (one or more), e.g. --labels word='^(\\d)_'")
+    fields = {f.name for f in dataclasses.fields(demo.DemoConfig)}
+    unknown = sorted(set(settings) - fields)
+    if unknown:
+        raise ValueError(f"unknown demo setting(s) {unknown}; known: {', '.join(sorted(fields))}")
+    cfg = demo.DemoConfig(**settings)
+    report = demo.run(cfg)
+    print(demo.report_markdown(report))
+    print(f"report: {Path(cfg.out) / 'report.md'}, plot: {Path(cfg.out) / 'report.png'}")
     return 0
 
 
@@ -307,9 +317,34 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--print-config", action="store_true", help="print the effective config as YAML and exit")
     t.set_defaults(func=cmd_distill)
 
-    d = sub.add_parser("demo", help="seeded supernet + generated audio: save, reload, extract at each named subnet")
-    d.add_argument("--space", default="small", help="base | small | a YAML file (default small)")
+    h = sub.add_parser("pretrain-teacher", help="pre-train a small HuBERT teacher (iteration 1: MFCC k-means units)",
+                       description="HuBERT iteration 1: k-means on MFCC frames of the training set, then masked "
+                                   "prediction of the units. Writes fairseq HuBERT checkpoints (OUT/step-N.pt) that "
+                                   "every --teacher option reads. Settings as for distill; the shape is the `model` "
+                                   "setting, e.g. --set 'model={embed_dim: 256, heads: [4,4,4,4], ffn_dim: [1024,1024,1024,1024]}'. "
+                                   "One process, or many with torchrun.")
+    h.add_argument("--train", help="training manifest (.tsv)")
+    h.add_argument("--valid", help="validation manifest (.tsv)")
+    h.add_argument("--out", help="run folder: config.yaml, log.jsonl, step-N.pt checkpoints")
+    h.add_argument("--config", help="YAML file of settings (see --print-config)")
+    h.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
+    h.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    h.add_argument("--print-config", action="store_true", help="print the effective config as YAML and exit")
+    h.set_defaults(func=cmd_distill)
+
+    d = sub.add_parser("demo", help="the whole pipeline on a built-in corpus (or your audio) and a report",
+                       description="Pre-trains a small teacher, runs LightHuBERT stage 1 and 2 on a small supernet, "
+                                   "searches it at three parameter budgets, trains DistilHuBERT with the same steps, "
+                                   "probes every model, the teacher and MFCCs, and writes OUT/report.md, report.json "
+                                   "and report.png. Re-running the same command resumes. Defaults: about 10 minutes "
+                                   "on 2 CPU cores.")
     d.add_argument("--out", default="lighthubert-demo", help="output folder (default ./lighthubert-demo)")
+    d.add_argument("--data", help="folder of audio files to use instead of the built-in corpus (needs --labels)")
+    d.add_argument("--labels", action="append", metavar="NAME=SPEC", help="a probe: regex on the file stem (first "
+                   "group = label) or CSV file of path,label; repeatable, e.g. word='^(\\d)_' speaker='^\\d_(\\w+)_'")
+    d.add_argument("--test-regex", help="--data files whose stem matches are the test set (default: a seeded 20%%)")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a demo setting, e.g. teacher_steps=300 "
+                   "(see docs/demo.md)")
     d.set_defaults(func=cmd_demo)
 
     m = sub.add_parser("manifest", help="write fairseq train.tsv/valid.tsv manifests for an audio folder",

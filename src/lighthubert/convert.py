@@ -228,6 +228,17 @@ def official_config(m: ModelConfig, space_name: str, stage1: bool = False) -> di
     return official
 
 
+def fairseq_config(m: ModelConfig, **extra: Any) -> dict[str, Any]:
+    """fairseq's `cfg['model']` dict of a HuBERT (`_name: hubert`) of shape `m`, plus `extra`
+    (pre-training settings such as `final_dim`); fairseq HuBERT layers are uniform."""
+    if len(set(m.heads)) > 1 or len(set(m.ffn_dim)) > 1 or not m.feature_layer_norm or m.head_dim * m.heads[0] != m.embed_dim:
+        raise ValueError("a fairseq HuBERT has uniform layers, a feature LayerNorm and embed_dim = heads x head_dim")
+    cfg = {key: getattr(m, field) for key, (field, _) in _OFFICIAL_CFG.items() if field != "pred_dim"}
+    cfg.update(_name="hubert", conv_feature_layers=repr([tuple(c) for c in m.conv_layers]), encoder_layers=m.depth,
+               encoder_attention_heads=m.heads[0], encoder_ffn_embed_dim=m.ffn_dim[0], activation_fn="gelu", **extra)
+    return cfg
+
+
 def parse_conv_layers(text: str) -> list[list[int]]:
     """Evaluates fairseq's `conv_feature_layers` string ("[(512,10,5)] + [(512,3,2)] * 4") safely.
 

@@ -394,22 +394,47 @@ def probe(source: Union[HuBERT, str], train_manifest: Union[str, Path], test_man
             test class absent from training, an empty manifest, an unreadable audio file, or
             a `source` that is neither a model nor `"mfcc"`.
     """
+    return probe_tasks(source, train_manifest, test_manifest, {"labels": labels}, cfg, progress)["labels"]
+
+
+def probe_tasks(source: Union[HuBERT, str], train_manifest: Union[str, Path], test_manifest: Union[str, Path],
+                tasks: dict[str, str], cfg: Optional[ProbeConfig] = None, progress: bool = False) -> dict[str, ProbeResult]:
+    """`probe` for several label sets of the same utterances (e.g. word and speaker): every
+    label set is checked first, the features are computed once, and one probe is fitted per set.
+
+    Args:
+        tasks: name -> labels (CSV file or regular expression, as `probe`'s `labels`).
+
+    Returns:
+        name -> `ProbeResult`.
+    """
     cfg = cfg or ProbeConfig()
     if isinstance(source, str) and source != MFCC:
         raise ValueError(f"source must be a model or {MFCC!r}, got {source!r}")
-    train_paths, train_labels = _labelled(train_manifest, labels)
-    test_paths, test_labels = _labelled(test_manifest, labels)
-    train_counts, test_counts = Counter(train_labels), Counter(test_labels)
-    classes = sorted(train_counts)
-    if len(classes) < 2:
-        raise ValueError(f"{train_manifest}: the labels give {len(classes)} class ({classes[0]!r}); a classifier needs at least 2")
-    unseen = sorted(set(test_counts) - set(train_counts))
-    if unseen:
-        raise ValueError(f"test class(es) absent from training: {', '.join(map(repr, unseen))}; add them to "
-                         f"{train_manifest} or remove them from {test_manifest}")
-    index = {c: i for i, c in enumerate(classes)}
+    checked = {}
+    for name, labels in tasks.items():
+        train_paths, train_labels = _labelled(train_manifest, labels)
+        test_paths, test_labels = _labelled(test_manifest, labels)
+        classes = sorted(set(train_labels))
+        if len(classes) < 2:
+            raise ValueError(f"{train_manifest}: the labels give {len(classes)} class ({classes[0]!r}); "
+                             f"a classifier needs at least 2 (labels {labels!r})")
+        unseen = sorted(set(test_labels) - set(train_labels))
+        if unseen:
+            raise ValueError(f"test class(es) absent from training: {', '.join(map(repr, unseen))} (labels {labels!r}); "
+                             f"add them to {train_manifest} or remove them from {test_manifest}")
+        checked[name] = (train_labels, test_labels)
     train = FrozenFeatures.compute(source, train_paths, cfg.max_batch_seconds, progress=progress)
     test = FrozenFeatures.compute(source, test_paths, cfg.max_batch_seconds, progress=progress)
+    return {name: _fit_and_score(train, test, train_labels, test_labels, cfg)
+            for name, (train_labels, test_labels) in checked.items()}
+
+
+def _fit_and_score(train: FrozenFeatures, test: FrozenFeatures, train_labels: list[str], test_labels: list[str],
+                   cfg: ProbeConfig) -> ProbeResult:
+    train_counts, test_counts = Counter(train_labels), Counter(test_labels)
+    classes = sorted(train_counts)
+    index = {c: i for i, c in enumerate(classes)}
     log.info("probe: %d train, %d test utterances, %d classes, %d hidden state(s) of width %d",
              len(train), len(test), len(classes), train.n_layers, train.dim)
     clf, loss = fit_classifier(train, torch.tensor([index[y] for y in train_labels]), len(classes), cfg)

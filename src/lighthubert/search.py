@@ -136,10 +136,12 @@ class GenomeCodec:
 
 # -- measurements --------------------------------------------------------------------------------
 @torch.no_grad()
-def measure_latency(model: LightHuBERT, sub: SubnetConfig, runs: int = 5, seconds: float = 1.0) -> float:
-    """Median wall-clock ms of one forward pass of `sub` on a fixed `seconds`-long input, on the model's device."""
+def measure_latency(model: HuBERT, sub: Optional[SubnetConfig] = None, runs: int = 5, seconds: float = 1.0) -> float:
+    """Median wall-clock ms of one forward pass on a fixed `seconds`-long input, on the model's
+    device: of subnet `sub` of a supernet, or of the model as it is when `sub` is None."""
     device = model.mask_emb.device
-    model.set_subnet(sub)
+    if sub is not None:
+        model.set_subnet(sub)
     x = torch.randn(1, int(seconds * 16000), generator=torch.Generator().manual_seed(0)).to(device)
     times = []
     for i in range(runs + 1):  # the first run warms up

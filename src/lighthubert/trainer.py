@@ -29,6 +29,7 @@ from . import checkpoint, convert, distributed
 from .data import AudioDataset, BucketBatchSampler, CropCollate, SkipCounter, normalize
 from .losses import distilhubert_loss, layer_average_target, masked_l1, span_mask
 from .model import DistilHuBERT, HuBERT
+from .pretrain import HuBERTRecipe
 from .space import SearchSpace, SubnetConfig
 from .supernet import LightHuBERT
 
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 class DistillConfig:
     """Every setting of a distillation run; written into each checkpoint and `config.yaml`."""
 
-    method: str = "lighthubert"  # lighthubert (two stages, once-for-all) | distilhubert (Chang et al. 2022)
+    method: str = "lighthubert"  # lighthubert (two stages, once-for-all) | distilhubert (Chang et al. 2022) | hubert (pretrain-teacher)
     stage: int = 1  # LightHuBERT stage: 1 trains the full-size student, 2 the once-for-all supernet
     space: str = "base"  # search space: base | small | a YAML file (stage 1 trains its max subnet)
     init_from_teacher: bool = True  # stage 1: start from the teacher's weights where names and shapes match
@@ -54,6 +55,11 @@ class DistillConfig:
     distil_targets: list = field(default_factory=lambda: [4, 8, 12])  # distilhubert: teacher layers the heads predict
     cos_weight: float = 1.0  # distilhubert: lambda of the -log sigmoid(cosine) term
     distil_conv_grad_scale: float = 0.1  # distilhubert: gradient scale of the student's conv front end
+    model: dict = field(default_factory=dict)  # hubert: the teacher's ModelConfig fields over HuBERT Base's shape
+    clusters: int = 100  # hubert: k-means units of the MFCC frames (HuBERT iteration 1: 100)
+    kmeans_frames: int = 250_000  # hubert: MFCC frames (50 per second) clustered, from files drawn at random
+    final_dim: int = 256  # hubert: width of final_proj and of the unit embeddings
+    logit_temp: float = 0.1  # hubert: temperature of the cosine logits
     lr: float = 5e-4  # peak learning rate
     betas: list = field(default_factory=lambda: [0.9, 0.98])  # Adam betas
     eps: float = 1e-6  # Adam epsilon
@@ -80,13 +86,13 @@ class DistillConfig:
     device: Optional[str] = None  # cpu | cuda | cuda:N (default: cuda:LOCAL_RANK if available)
 
     def __post_init__(self) -> None:
-        choices = {"method": ("lighthubert", "distilhubert"), "stage": (1, 2), "sampling": ("uniform", "sandwich"),
+        choices = {"method": ("lighthubert", "distilhubert", "hubert"), "stage": (1, 2), "sampling": ("uniform", "sandwich"),
                    "loss_on": ("masked", "all"), "schedule": ("tri_stage", "linear"), "precision": ("fp32", "bf16", "fp16")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
         for name in ("max_steps", "accum", "max_batch_samples", "max_sample_size", "keep_last", "max_bad_steps",
-                     "log_every", "valid_every", "save_every", "target_layers"):
+                     "log_every", "valid_every", "save_every", "target_layers", "clusters", "kmeans_frames", "final_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.warmup <= 1 or not 0 <= self.hold <= 1 or self.warmup + self.hold > 1:
@@ -129,12 +135,15 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "distilhubert": {"lr": 2e-4, "schedule": "linear", "warmup": 0.07, "hold": 0.0, "grad_clip": 5.0,
                      "weight_decay": 1e-6, "mask_prob": 0.0, "loss_on": "all", "max_steps": 200_000,
                      "max_sample_size": 250_000, "max_batch_samples": 24 * 250_000, "min_sample_size": 0},
+    # HuBERT Base (fairseq hubert_base_librispeech.yaml): mask 0.8, 8% warm-up then linear decay, 400k steps.
+    "hubert": {"mask_prob": 0.8, "schedule": "linear", "warmup": 0.08, "hold": 0.0, "max_sample_size": 250_000,
+               "max_batch_samples": 1_400_000},
 }
 
 
 def _typed(name: str, value: Any, annotation: str) -> Any:
     """`value` as the field's type: YAML reads `1e-5` as a string and `3` where a float is meant."""
-    kind = {"float": float, "int": int, "bool": bool, "str": str, "list": list}.get(annotation)
+    kind = {"float": float, "int": int, "bool": bool, "str": str, "list": list, "dict": dict}.get(annotation)
     if kind is None or value is None:
         return value
     if kind in (float, int) and isinstance(value, (int, float, str)) and not isinstance(value, bool):
@@ -251,6 +260,12 @@ class LightHuBERTRecipe:
         student.set_subnet(self.space.max() if self.cfg.stage == 1 else self.space.default)
         return checkpoint.official_checkpoint(student, stage1=self.cfg.stage == 1)
 
+    @staticmethod
+    def restore(student: torch.nn.Module, ckpt: dict[str, Any], source: str) -> None:
+        """Loads the weights of a checkpoint that `save` wrote (for --resume)."""
+        _, model, _ = checkpoint.model_from_dict(ckpt, source)
+        checkpoint.load_state(student, model.state_dict(), source)
+
 
 class DistilHuBERTRecipe:
     """DistilHuBERT (Chang, Yang, Lee, ICASSP 2022): a `distil_layers`-layer student initialised
@@ -312,11 +327,13 @@ class DistilHuBERTRecipe:
         return {"Distiller": convert.ours_to_distiller(student.state_dict(), student.cfg.extractor_mode),
                 "Config": {"distiller": convert.distiller_config_dict(student.cfg, student.targets)}}
 
+    restore = LightHuBERTRecipe.restore
+
 
 class Trainer:
     """Runs a recipe: data, optimiser, schedule, precision, checkpoints, resume, logs."""
 
-    def __init__(self, cfg: DistillConfig, teacher_path: str, train: str, valid: Optional[str], out: str,
+    def __init__(self, cfg: DistillConfig, teacher_path: Optional[str], train: str, valid: Optional[str], out: str,
                  init: Optional[str] = None, ctx: Optional[distributed.Context] = None) -> None:
         self.cfg, self.out = cfg, Path(out)
         self.ctx = ctx or distributed.init(cfg.device)
@@ -326,10 +343,18 @@ class Trainer:
         # the manifests first: a typo there should not wait for a teacher to load
         self.train_set = AudioDataset(train, min_samples=cfg.min_sample_size)
         self.valid_set = AudioDataset(valid, min_samples=cfg.min_sample_size) if valid else None
-        self.teacher = checkpoint.load_model(teacher_path).to(dev).eval().requires_grad_(False)
-        self.teacher.encoder.layerdrop = 0.0
-        recipe = DistilHuBERTRecipe if cfg.method == "distilhubert" else LightHuBERTRecipe
-        self.recipe = recipe(cfg, self.teacher)
+        if cfg.method == "hubert":  # pre-training: the targets are MFCC k-means units, no teacher
+            if teacher_path:
+                raise ValueError("method hubert pre-trains a teacher from MFCC units; it takes no teacher")
+            self.teacher = None
+            self.recipe = HuBERTRecipe(cfg, self.train_set, progress=self.ctx.is_main)
+        else:
+            if not teacher_path:
+                raise ValueError(f"method {cfg.method} distils a teacher: pass its checkpoint")
+            self.teacher = checkpoint.load_model(teacher_path).to(dev).eval().requires_grad_(False)
+            self.teacher.encoder.layerdrop = 0.0
+            recipe = DistilHuBERTRecipe if cfg.method == "distilhubert" else LightHuBERTRecipe
+            self.recipe = recipe(cfg, self.teacher)
         torch.manual_seed(cfg.seed)
         self.student = self.recipe.build_student(self.teacher, init).to(dev).train()
         self.model = distributed.wrap(self.student, self.ctx, self.recipe.find_unused_parameters)
@@ -469,8 +494,7 @@ class Trainer:
         state = ckpt.get("trainer")
         if not isinstance(state, dict):
             raise ValueError(f"{found[-1]}: no training state to resume from")
-        _, model, _ = checkpoint.model_from_dict(ckpt, str(found[-1]))
-        checkpoint.load_state(self.student, model.state_dict(), str(found[-1]))
+        self.recipe.restore(self.student, ckpt, str(found[-1]))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batches_done = state["step"], state["epoch"], state["batches_done"]

@@ -1,0 +1,357 @@
+"""`lighthubert demo`: the whole pipeline on one CPU machine, from audio to a report.
+
+Data -> pre-train a small teacher (HuBERT iteration 1) -> LightHuBERT stage 1 -> stage 2 ->
+subnet search at three parameter budgets -> DistilHuBERT with the same steps and audio ->
+word and speaker probes of every model, the teacher and MFCCs -> `report.md`, `report.json`,
+`report.png`. Each step leaves its result in the output folder and is skipped when that
+result is already there, so running the same command again resumes an interrupted demo.
+
+With no data the corpus is generated (`corpus.py`). With `--data`, any folder of audio whose
+file names carry the labels (regular expressions on the stem, or CSV files) works, e.g. the
+Free Spoken Digit Dataset with `--labels word='^(\\d)_' --labels speaker='^\\d_(\\w+)_'`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import soundfile as sf
+import yaml
+
+from . import checkpoint, corpus, probes, search
+from .data import read_manifest
+from .model import HuBERT
+from .space import count_macs, count_params, format_count, format_table
+from .trainer import DistillConfig, Trainer
+
+log = logging.getLogger(__name__)
+
+# A 4-layer, 192-wide teacher on HuBERT's front end (128 channels): about 2 M parameters.
+CONV = [[128, 10, 5]] + [[128, 3, 2]] * 4 + [[128, 2, 2]] * 2
+TEACHER = {"conv_layers": CONV, "embed_dim": 192, "heads": [3] * 4, "ffn_dim": [768] * 4, "conv_pos": 32,
+           "layerdrop": 0.0, "dropout_input": 0.0, "feature_grad_mult": 1.0}
+# The supernet has the teacher's shape (stage 1 starts from the teacher's weights); 3 x 3^4 x 3^4 x 3 subnets.
+SPACE = {
+    "supernet": {**{k: v for k, v in TEACHER.items() if k not in ("layerdrop", "dropout_input")},
+                 "extractor_mode": "default", "normalize": False},
+    "search_space": {"embed_dim": [96, 144, 192], "heads": [1, 2, 3], "ffn_ratio": [2.0, 3.0, 4.0], "depth": [2, 3, 4]},
+    "default": {"embed_dim": 144, "heads": [2] * 4, "ffn_dim": [432] * 4},
+}
+AUDIO_EXTENSIONS = ("wav", "flac", "ogg")  # what --data folders are searched for
+BUILT_IN_LABELS = {"word": r"^([a-z]+)_", "speaker": r"^[a-z]+_([a-z]+)_"}
+
+
+@dataclass
+class DemoConfig:
+    """Settings of the demo; the defaults finish within 10 minutes on 2 CPU cores."""
+
+    out: str = "lighthubert-demo"  # output folder
+    data: Optional[str] = None  # audio folder (searched recursively); None: the built-in corpus
+    speakers: int = 6  # built-in corpus: speakers (10 words each)
+    takes: int = 20  # built-in corpus: takes of each word by each speaker (a fifth test, a tenth valid)
+    labels: dict = field(default_factory=lambda: dict(BUILT_IN_LABELS))  # probe name -> regex on the stem or CSV file
+    test_regex: Optional[str] = None  # --data: stems matching it are the test set (default: a seeded 20%)
+    valid_fraction: float = 0.1  # --data: share of the non-test files held out for validation and search
+    teacher_steps: int = 700  # HuBERT iteration-1 pre-training steps
+    stage1_steps: int = 250  # LightHuBERT stage 1 (the DistilHuBERT student gets stage 1 + stage 2)
+    stage2_steps: int = 350  # LightHuBERT stage 2
+    lr: float = 1e-3  # peak learning rate of every training run
+    batch_seconds: float = 10.0  # audio per training batch
+    crop_seconds: float = 2.0  # longest crop of one utterance
+    budgets: list = field(default_factory=lambda: ["1/3", "distilhubert", "2/3"])  # parameter budgets: fractions of the max subnet, or distilhubert (its student's count)
+    population: int = 8  # search: candidates per generation
+    generations: int = 4  # search: generations
+    probe_epochs: int = 30  # probe head epochs
+    seed: int = 0  # corpus, splits, training, search and probes
+
+    def __post_init__(self) -> None:
+        if not self.labels:
+            raise ValueError("labels: give at least one probe, name=regex or name=CSV file")
+        for name in ("teacher_steps", "stage1_steps", "stage2_steps", "population", "generations", "probe_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.valid_fraction < 1:
+            raise ValueError(f"valid_fraction must be in (0, 1), got {self.valid_fraction}")
+        for b in self.budgets:
+            _budget_fraction(b)
+
+
+def _budget_fraction(budget: Any) -> Optional[float]:
+    """A budget as a fraction of the max subnet's parameters; None for `distilhubert`."""
+    if budget == "distilhubert":
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*(?:/\s*(\d+))?\s*", str(budget))
+    value = float(m.group(1)) / float(m.group(2) or 1) if m and float(m.group(2) or 1) else None
+    if value is None or not 0 < value <= 1:
+        raise ValueError(f"budget {budget!r}: give a fraction of the max subnet's parameters in (0, 1] "
+                         "such as 1/3 or 0.5, or distilhubert")
+    return value
+
+
+# -- data ----------------------------------------------------------------------------------------
+def prepare_data(cfg: DemoConfig, out: Path) -> dict[str, Path]:
+    """train / valid / test manifests: the built-in corpus, or a split of `cfg.data`."""
+    if cfg.data is None:
+        c = corpus.write_corpus(out / "corpus", cfg.speakers, cfg.takes, seed=cfg.seed, progress=True)
+        return {"train": c.train, "valid": c.valid, "test": c.test}
+    root = Path(cfg.data).resolve()
+    if not root.is_dir():
+        raise ValueError(f"--data {cfg.data}: not a folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower().lstrip(".") in AUDIO_EXTENSIONS and p.is_file())
+    if not files:
+        raise ValueError(f"--data {cfg.data}: no audio files ({', '.join(AUDIO_EXTENSIONS)})")
+    rng = random.Random(cfg.seed)
+    if cfg.test_regex:
+        test = [p for p in files if re.search(cfg.test_regex, p.stem)]
+        if not test or len(test) == len(files):
+            raise ValueError(f"--test-regex {cfg.test_regex!r} matches {len(test)} of {len(files)} files; it must "
+                             "select some files but not all")
+    else:
+        test = rng.sample(files, max(1, len(files) // 5))
+    rest = [p for p in files if p not in set(test)]
+    valid = rng.sample(rest, max(1, round(len(rest) * cfg.valid_fraction)))
+    splits = {"train": [p for p in rest if p not in set(valid)], "valid": sorted(valid), "test": sorted(test)}
+    paths = {}
+    for name, chosen in splits.items():
+        paths[name] = out / "data" / f"{name}.tsv"
+        paths[name].parent.mkdir(parents=True, exist_ok=True)
+        lines = [str(root)] + [f"{p.relative_to(root)}\t{sf.info(p).frames}" for p in chosen]
+        paths[name].write_text("\n".join(lines) + "\n")
+    log.info("data: %s", ", ".join(f"{k} {len(v)} files" for k, v in splits.items()))
+    return paths
+
+
+# -- training ------------------------------------------------------------------------------------
+def _train(run: Path, teacher: Optional[Path], data: dict[str, Path], settings: dict[str, Any],
+           init: Optional[Path] = None) -> tuple[Path, dict[str, float]]:
+    """One Trainer run into `run`, or its finished result: (last checkpoint, validation losses)."""
+    cfg = DistillConfig.from_dict(settings)
+    done = run / f"step-{cfg.max_steps}.pt"
+    summary = run / "summary.json"
+    if done.is_file() and summary.is_file():
+        log.info("%s: done already", run)
+        return done, json.loads(summary.read_text())["valid"]
+    trainer = Trainer(cfg, str(teacher) if teacher else None, str(data["train"]), str(data["valid"]), str(run),
+                      init=str(init) if init else None)
+    trainer.resume()
+    result = trainer.fit()
+    summary.write_text(json.dumps(result))
+    return done, result["valid"]
+
+
+def _common(cfg: DemoConfig, steps: int, min_samples: int) -> dict[str, Any]:
+    """Training settings shared by every run of the demo."""
+    return {"max_steps": steps, "lr": cfg.lr, "warmup": 0.1, "schedule": "linear", "hold": 0.0, "seed": cfg.seed,
+            "max_batch_samples": int(cfg.batch_seconds * 16000), "max_sample_size": int(cfg.crop_seconds * 16000),
+            "min_sample_size": min_samples, "num_workers": 0, "log_every": 10, "valid_every": steps,
+            "save_every": steps, "keep_last": 1, "device": "cpu"}
+
+
+# -- the demo ------------------------------------------------------------------------------------
+def run(cfg: DemoConfig) -> dict[str, Any]:
+    """Runs (or resumes) the demo; returns the report as a dict and writes report.md / .json / .png."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 1)
+        clock = now
+
+    data = prepare_data(cfg, out)
+    _check_labels(cfg, data)
+    min_samples = 4000  # 0.25 s: shorter utterances give too few frames for span masks
+    lap("data")
+
+    teacher_ckpt, teacher_valid = _train(out / "teacher", None, data, {
+        **_common(cfg, cfg.teacher_steps, min_samples), "method": "hubert", "model": TEACHER, "clusters": 50,
+        "mask_prob": 0.65, "mask_length": 5})
+    lap("teacher")
+    space_file = out / "space.yaml"
+    space_file.write_text(yaml.safe_dump(SPACE, sort_keys=False))
+    depth = len(TEACHER["heads"])
+    distil = {"mask_prob": 0.65, "mask_length": 5, "target_layers": depth - 1}
+    stage1, stage1_valid = _train(out / "stage1", teacher_ckpt, data, {
+        **_common(cfg, cfg.stage1_steps, min_samples), **distil, "stage": 1, "space": str(space_file)})
+    lap("stage 1")
+    stage2, stage2_valid = _train(out / "stage2", teacher_ckpt, data, {
+        **_common(cfg, cfg.stage2_steps, min_samples), **distil, "stage": 2, "space": str(space_file),
+        "sampling": "sandwich", "sandwich_random": 1}, init=stage1)
+    lap("stage 2")
+    distilled, distil_valid = _train(out / "distilhubert", teacher_ckpt, data, {
+        **_common(cfg, cfg.stage1_steps + cfg.stage2_steps, min_samples), "method": "distilhubert",
+        "distil_layers": 2, "distil_targets": [depth // 2, depth - 1, depth], "lr": cfg.lr})
+    lap("distilhubert")
+
+    teacher = checkpoint.load_model(teacher_ckpt)
+    supernet = checkpoint.load_model(stage2)
+    student = checkpoint.load_model(distilled).without_heads()
+    max_params = count_params(supernet.space.model_config(supernet.space.max()))
+    rows: list[dict[str, Any]] = [
+        {"name": "MFCC (39-dim)", "model": probes.MFCC, "valid_loss": None},
+        {"name": "teacher (HuBERT it. 1)", "model": teacher, "valid_loss": teacher_valid.get("teacher")},
+        {"name": "LightHuBERT stage 1", "model": checkpoint.load_model(stage1).export()[0],
+         "valid_loss": stage1_valid.get("max")},
+        {"name": "DistilHuBERT (2 layers)", "model": student, "valid_loss": distil_valid.get("student")},
+    ]
+    searches = []
+    for budget in cfg.budgets:
+        fraction = _budget_fraction(budget)
+        limit = count_params(student.cfg) if fraction is None else int(fraction * max_params)
+        label = "DistilHuBERT's params" if fraction is None else f"{budget} of max params"
+        result = search.search(supernet, teacher, data["valid"], out / "search" / str(budget).replace("/", "_of_"),
+                               search.SearchConfig(population=cfg.population, generations=cfg.generations, seed=cfg.seed,
+                                                   max_params=limit, target_layers=distil["target_layers"],
+                                                   mask_prob=distil["mask_prob"], mask_length=distil["mask_length"],
+                                                   max_batch_samples=int(cfg.batch_seconds * 16000),
+                                                   max_sample_size=int(cfg.crop_seconds * 16000),
+                                                   min_sample_size=min_samples, device="cpu"),
+                               resume=True, progress=True)
+        supernet.set_subnet(result.best)
+        searches.append({"budget": label, "max_params": limit, "history": result.history, "best": result.best.describe()})
+        rows.append({"name": f"LightHuBERT subnet, {label}", "model": supernet.export()[0], "valid_loss": result.best_loss,
+                     "subnet": result.best.describe()})
+    lap("search")
+
+    for row in rows:
+        row.update(_measure(row.pop("model"), row["name"], cfg, data, out))
+    lap("probes")
+    report = {"rows": rows, "searches": [{k: v for k, v in s.items() if k != "history"} for s in searches],
+              "max_params": max_params, "timings_s": timings, "config": dataclasses.asdict(cfg)}
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    _plot(rows, searches, max_params, out / "report.png")
+    (out / "report.md").write_text(report_markdown(report))
+    return report
+
+
+def _check_labels(cfg: DemoConfig, data: dict[str, Path]) -> None:
+    """Every probe's labels must cover train and test (checked before any training)."""
+    for name, spec in cfg.labels.items():
+        split = {}
+        for part in ("train", "test"):
+            m = read_manifest(data[part])
+            split[part] = set(probes.labels_from(spec, [m.root / rel for rel, _ in m.entries], m.root))
+        unseen = sorted(split["test"] - split["train"])
+        if len(split["train"]) < 2 or unseen:
+            raise ValueError(f"labels {name}={spec!r}: {len(split['train'])} training class(es)"
+                             + (f", test class(es) absent from training: {unseen}" if unseen else "; a probe needs 2"))
+
+
+def _measure(model: Union[HuBERT, str], name: str, cfg: DemoConfig, data: dict[str, Path], out: Path) -> dict[str, Any]:
+    """Params, MACs, CPU latency and probe accuracies of one row; cached in out/probes/."""
+    cache = out / "probes" / (re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + ".json")
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    results = probes.probe_tasks(model, data["train"], data["test"], cfg.labels,
+                                 probes.ProbeConfig(epochs=cfg.probe_epochs, seed=cfg.seed), progress=True)
+    row: dict[str, Any] = {name_: r.accuracy for name_, r in results.items()}
+    if isinstance(model, HuBERT):
+        model.eval()
+        row.update(shape=_describe(model), params=count_params(model.cfg), macs=count_macs(model.cfg),
+                   latency_ms=search.measure_latency(model, runs=5, seconds=1.0))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(row))
+    return row
+
+
+def _describe(model: HuBERT) -> str:
+    c = model.cfg
+    heads = c.heads[0] if len(set(c.heads)) == 1 else "/".join(map(str, c.heads))
+    ffn = c.ffn_dim[0] if len(set(c.ffn_dim)) == 1 else "/".join(map(str, c.ffn_dim))
+    return f"e{c.embed_dim} h{heads} f{ffn} x{c.depth}"
+
+
+# -- the report ----------------------------------------------------------------------------------
+def report_markdown(report: dict[str, Any]) -> str:
+    """The Markdown report: the table, retention against the teacher, the plot, the settings."""
+    rows, cfg = report["rows"], report["config"]
+    tasks = list(cfg["labels"])
+    teacher = next(r for r in rows if r["name"].startswith("teacher"))
+    cols = ["model", "shape", "params", "MACs / 1 s", "CPU ms / 1 s", "valid loss"] + [f"{t} acc" for t in tasks] \
+        + [f"{t} vs teacher" for t in tasks]
+    lines = []
+    for r in rows:
+        cells = [r["name"], r.get("shape", "-"), f"{r['params']:,}" if "params" in r else "-",
+                 format_count(r["macs"]) if "macs" in r else "-",
+                 f"{r['latency_ms']:.1f}" if "latency_ms" in r else "-",
+                 f"{r['valid_loss']:.4f}" if r.get("valid_loss") is not None else "-"]
+        cells += [f"{r[t]:.3f}" for t in tasks]
+        cells += [f"{100 * r[t] / teacher[t]:.1f}%" if teacher[t] else "-" for t in tasks]
+        lines.append(cells)
+    table = format_table(cols, lines)
+    md = ["# lighthubert demo report", "",
+          f"Data: {cfg['data'] or 'the built-in generated corpus'}; probes: "
+          + ", ".join(f"{t} (`{cfg['labels'][t]}`)" for t in tasks) + ".", "",
+          "```", table, "```", "",
+          "- params: official count (conv front end, projections, positional conv, layers; no prediction head).",
+          "- MACs: one 1-second utterance; CPU ms: median of 5 forward passes over 1 s of audio on this machine "
+          "(measured, not predicted).",
+          "- valid loss: each model's own training objective on the validation split, so compare within a kind: "
+          "teacher = masked unit cross entropy; LightHuBERT = L1 to the mean of the teacher's last layers on masked "
+          "frames (stage 1 at the max subnet, the subnets as the search scored them); DistilHuBERT = L1 + cosine "
+          "of its heads.",
+          "- accuracy: SUPERB-style probe on frozen features (learned layer weights, mean pooling, MLP head), test split.",
+          "", "![results](report.png)", "",
+          "Searches (evolution, " + f"{cfg['population']} x {cfg['generations']} evaluations each):", ""]
+    md += [f"- {s['budget']} (at most {s['max_params']:,} parameters): {s['best']}" for s in report["searches"]]
+    md += ["", "Time per step (s): " + ", ".join(f"{k} {v}" for k, v in report["timings_s"].items()), ""]
+    return "\n".join(md)
+
+
+def _plot(rows: list[dict], searches: list[dict], max_params: int, path: Path) -> None:
+    """Left: every evaluated subnet (params vs validation loss), the Pareto fronts and the budgets.
+    Right: probe accuracy against parameters for every model, MFCC as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    tasks = [k for k in rows[0] if k not in ("name", "valid_loss", "shape", "params", "macs", "latency_ms", "subnet")]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), dpi=110)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for s, colour in zip(searches, colours):
+        recs = s["history"]
+        left.scatter([r["params"] / 1e6 for r in recs], [r["loss"] for r in recs], s=10, color=colour, alpha=0.35)
+        front = search.pareto_front(recs)
+        left.plot([r["params"] / 1e6 for r in front], [r["loss"] for r in front], "-", color=colour, linewidth=1)
+        best = min(recs, key=lambda r: (r["loss"], r["params"]))
+        left.scatter([best["params"] / 1e6], [best["loss"]], s=120, marker="*", color=colour, edgecolor="k", zorder=3,
+                     label=f"best at {s['budget']}: {best['describe']}")
+        left.axvline(s["max_params"] / 1e6, color=colour, linestyle="--", linewidth=1)
+    left.set_xlabel("parameters (M)")
+    left.set_ylabel("distillation validation loss")
+    left.set_title("subnet search (dashed: parameter budgets)")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=7)
+    markers = ["o", "s", "^", "D"]
+    for t, marker in zip(tasks, markers):
+        models = [r for r in rows if "params" in r]
+        right.scatter([r["params"] / 1e6 for r in models], [r[t] for r in models], marker=marker, s=40, label=t)
+        for r in models:
+            right.annotate(r["name"].replace("LightHuBERT ", "").split(",")[0] if "subnet" not in r else r["subnet"],
+                           (r["params"] / 1e6, r[t]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        mfcc = next(r for r in rows if "params" not in r)
+        right.axhline(mfcc[t], linestyle=":", color="0.4", linewidth=1)
+        right.annotate(f"MFCC {t}", (0, mfcc[t]), xycoords=("axes fraction", "data"), fontsize=7, color="0.3",
+                       xytext=(3, -9), textcoords="offset points")
+    right.axvline(max_params / 1e6, color="0.6", linewidth=0.8)
+    right.set_xlabel("parameters (M)")
+    right.set_ylabel("probe accuracy (test)")
+    right.set_title("frozen-feature probes")
+    right.grid(alpha=0.3)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,129 @@
+"""HuBERT iteration-1 pre-training (`pretrain-teacher`): k-means units, the masked-unit loss,
+the fairseq checkpoint it writes, resume, and bad input."""
+
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from lighthubert import checkpoint, cli, pretrain
+from lighthubert.data import AudioDataset, synthetic_speech
+from lighthubert.model import ModelConfig
+from lighthubert.probes import mfcc
+from lighthubert.trainer import DistillConfig
+
+HUBERT_CONV = [[32, 10, 5]] + [[32, 3, 2]] * 4 + [[32, 2, 2]] * 2  # HuBERT's frames (400 / 320) at 32 channels
+TEACHER = {"conv_layers": HUBERT_CONV, "embed_dim": 64, "heads": [2, 2], "ffn_dim": [128, 128], "head_dim": 32,
+           "conv_pos": 16, "conv_pos_groups": 4}
+SETTINGS = {"model": TEACHER, "clusters": 8, "kmeans_frames": 3000, "final_dim": 16, "lr": 2e-3, "warmup": 0.1,
+            "max_batch_samples": 48000, "max_sample_size": 16000, "min_sample_size": 4000, "num_workers": 0,
+            "log_every": 1, "mask_length": 4}
+
+
+def test_kmeans_recovers_separated_clusters():
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    x = torch.cat([c + 0.5 * torch.randn(200, 2, generator=gen) for c in centres])
+    found = pretrain.kmeans(x, 4, seed=3)
+    # every true centre has a centroid within 0.2, and each point goes to its own blob's centroid
+    dist = torch.cdist(centres, found)
+    assert dist.min(dim=1).values.max() < 0.2
+    assign = pretrain._nearest(x, found)
+    blob_of = dist.argmin(dim=1)  # centroid index of each blob
+    assert torch.equal(assign, blob_of.repeat_interleave(200))
+
+
+def test_kmeans_keeps_every_cluster_in_use():
+    x = torch.cat([torch.zeros(50, 3), torch.ones(50, 3)])  # 2 distinct points, 2 clusters
+    assert len(set(pretrain._nearest(x, pretrain.kmeans(x, 2, seed=0)).tolist())) == 2
+
+
+def test_units_align_with_the_model_frames(train_setup):
+    cfg = DistillConfig.from_dict({**SETTINGS, "method": "hubert"})
+    recipe = pretrain.HuBERTRecipe(cfg, AudioDataset(train_setup / "train.tsv", min_samples=4000), progress=False)
+    wav = torch.stack([synthetic_speech(0.77, 120.0, seed=1), synthetic_speech(0.77, 200.0, seed=2)])
+    units = recipe.targets(None, wav)
+    student = recipe.build_student(None, None)
+    out = student(wav)
+    assert units.shape == out.hidden_states[-1].shape[:2] == (2, 1 + (wav.size(1) - 400) // 320)
+    assert units.dtype == torch.int64 and 0 <= units.min() and units.max() < 8
+    assert out.prediction.shape == (2, units.size(1), 8)
+    # the units are the nearest centroids of the standardised MFCC frames
+    z = (mfcc(wav[0]) - recipe.units.mean) / recipe.units.std
+    assert torch.equal(units[0], torch.cdist(z, recipe.units.centroids).argmin(-1))
+    loss = recipe.loss(student, student, None, wav, units, torch.Generator().manual_seed(0))
+    assert loss.ndim == 0 and 1.0 < loss.item() < 4.0  # about ln(8) = 2.08 at random init
+
+
+def _pretrain(root, out, steps, *extra):
+    (root / "pretrain.yaml").write_text(yaml.safe_dump(SETTINGS))
+    return cli.main(["pretrain-teacher", "--config", str(root / "pretrain.yaml"), "--train", str(root / "train.tsv"),
+                     "--valid", str(root / "valid.tsv"), "--out", str(out), "--set", f"max_steps={steps}",
+                     "--set", f"valid_every={steps}", "--set", f"save_every={steps}", *extra])
+
+
+@pytest.mark.slow
+def test_pretrain_teacher_learns_and_writes_a_fairseq_teacher(train_setup, tmp_path, capsys):
+    assert _pretrain(train_setup, tmp_path / "t", 60) == 0
+    log = [json.loads(line) for line in (tmp_path / "t" / "log.jsonl").read_text().splitlines()]
+    train = [r["loss"] for r in log if r["type"] == "train"]
+    assert sum(train[-10:]) / 10 < sum(train[:10]) / 10 - 0.2  # the unit cross entropy falls
+    ckpt = tmp_path / "t" / "step-60.pt"
+    raw = checkpoint.load_file(ckpt)
+    assert raw["cfg"]["model"]["_name"] == "hubert" and raw["model"]["label_embs_concat"].shape == (8, 16)
+    assert raw["units"]["centroids"].shape == (8, 39)
+    kind, teacher = checkpoint.load_with_format(ckpt)
+    assert kind == "fairseq" and teacher.cfg.depth == 2 and teacher.cfg.extractor_mode == "default"
+    # the loaded teacher computes what the trained model computed
+    recipe = pretrain.HuBERTRecipe(DistillConfig.from_dict({**SETTINGS, "method": "hubert"}), None, progress=False)
+    trained = recipe.build_student(None, None)
+    recipe.restore(trained, raw, str(ckpt))
+    wav = synthetic_speech(1.0, 150.0).unsqueeze(0)
+    with torch.no_grad():
+        for a, b in zip(teacher(wav).hidden_states, trained.eval()(wav).hidden_states):
+            torch.testing.assert_close(a, b)
+    # and it is a teacher: distillation accepts it
+    assert cli.main(["teacher-info", str(ckpt)]) == 0
+    assert "fairseq" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_pretrain_resume_is_bit_identical(train_setup, tmp_path):
+    assert _pretrain(train_setup, tmp_path / "straight", 6, "--set", "save_every=3") == 0
+    (tmp_path / "resumed").mkdir()  # a run stopped after step 3: its checkpoint alone
+    shutil.copy(tmp_path / "straight" / "step-3.pt", tmp_path / "resumed" / "step-3.pt")
+    assert _pretrain(train_setup, tmp_path / "resumed", 6, "--resume") == 0
+    a = checkpoint.load_file(tmp_path / "straight" / "step-6.pt")
+    b = checkpoint.load_file(tmp_path / "resumed" / "step-6.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert torch.equal(a["units"]["centroids"], b["units"]["centroids"])
+
+
+def test_bad_input_is_one_line(train_setup, tmp_path, capsys):
+    bad_conv = {**SETTINGS, "model": {**TEACHER, "conv_layers": [[32, 10, 5], [32, 3, 2]]}}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad_conv))
+    args = ["pretrain-teacher", "--train", str(train_setup / "train.tsv"), "--out", str(tmp_path / "o")]
+    assert cli.main(args + ["--config", str(tmp_path / "bad.yaml")]) == 2
+    assert "frames of 20 samples every 10" in capsys.readouterr().err
+    assert cli.main(args + ["--set", "model={embed_dim: 64, headz: [2]}"]) == 2
+    assert "headz" in capsys.readouterr().err
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump({**SETTINGS, "clusters": 100_000, "kmeans_frames": 200_000}))
+    assert cli.main(args + ["--config", str(tmp_path / "ok.yaml"), "--set", "max_steps=1"]) == 2
+    assert "k-means needs at least clusters=100000 MFCC frames" in capsys.readouterr().err
+    assert cli.main(args + ["--set", "method=lighthubert"]) == 2
+    assert "pretrain-teacher trains with method hubert" in capsys.readouterr().err
+
+
+def test_distill_still_needs_a_teacher(train_setup, tmp_path, capsys):
+    assert cli.main(["distill", "--train", str(train_setup / "train.tsv"), "--out", str(tmp_path / "o")]) == 2
+    assert "distill needs --teacher" in capsys.readouterr().err
+
+
+def test_teacher_shape_defaults_to_hubert_base():
+    recipe = pretrain.HuBERTRecipe(DistillConfig(method="hubert"), None, progress=False)
+    cfg = recipe.model_cfg
+    assert (cfg.embed_dim, cfg.depth, cfg.ffn_dim[0], cfg.extractor_mode, cfg.normalize) == (768, 12, 3072, "default", False)
+    assert isinstance(cfg, ModelConfig) and cfg.pred_dim == 0
