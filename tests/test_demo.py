@@ -50,6 +50,8 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert len(stamps) == 5  # teacher, stage 1, stage 2, DistilHuBERT (keep_last 1 each) + nothing else
     assert cli.main(["demo", "--out", str(out), *TINY]) == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("step-*.pt")} == stamps
+    assert cli.main(["demo", "--out", str(out), *TINY, "--set", "teacher_steps=5"]) == 2
+    assert "holds a demo run with other settings (teacher_steps)" in capsys.readouterr().err
     again = json.loads((out / "report.json").read_text())
     assert [{k: v for k, v in r.items() if k != "latency_ms"} for r in again["rows"]] == \
         [{k: v for k, v in r.items() if k != "latency_ms"} for r in report["rows"]]

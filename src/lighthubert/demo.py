@@ -46,6 +46,9 @@ SPACE = {
     "default": {"embed_dim": 144, "heads": [2] * 4, "ffn_dim": [432] * 4},
 }
 AUDIO_EXTENSIONS = ("wav", "flac", "ogg")  # what --data folders are searched for
+MIN_SAMPLES = 4000  # 0.25 s: shorter utterances give too few frames for span masks
+# LightHuBERT distillation in the demo: the mean of the teacher's last 3 layers, spans of 5 frames.
+DISTIL = {"mask_prob": 0.65, "mask_length": 5, "target_layers": len(TEACHER["heads"]) - 1}
 BUILT_IN_LABELS = {"word": r"^([a-z]+)_", "speaker": r"^[a-z]+_([a-z]+)_"}
 
 
@@ -60,9 +63,9 @@ class DemoConfig:
     labels: dict = field(default_factory=lambda: dict(BUILT_IN_LABELS))  # probe name -> regex on the stem or CSV file
     test_regex: Optional[str] = None  # --data: stems matching it are the test set (default: a seeded 20%)
     valid_fraction: float = 0.1  # --data: share of the non-test files held out for validation and search
-    teacher_steps: int = 700  # HuBERT iteration-1 pre-training steps
-    stage1_steps: int = 250  # LightHuBERT stage 1 (the DistilHuBERT student gets stage 1 + stage 2)
-    stage2_steps: int = 350  # LightHuBERT stage 2
+    teacher_steps: int = 800  # HuBERT iteration-1 pre-training steps
+    stage1_steps: int = 200  # LightHuBERT stage 1 (the DistilHuBERT student gets stage 1 + stage 2)
+    stage2_steps: int = 200  # LightHuBERT stage 2 (sandwich: the max, the min and one random subnet each step)
     lr: float = 1e-3  # peak learning rate of every training run
     batch_seconds: float = 10.0  # audio per training batch
     crop_seconds: float = 2.0  # longest crop of one utterance
@@ -147,12 +150,18 @@ def _train(run: Path, teacher: Optional[Path], data: dict[str, Path], settings: 
     return done, result["valid"]
 
 
-def _common(cfg: DemoConfig, steps: int, min_samples: int) -> dict[str, Any]:
+def _common(cfg: DemoConfig, steps: int) -> dict[str, Any]:
     """Training settings shared by every run of the demo."""
     return {"max_steps": steps, "lr": cfg.lr, "warmup": 0.1, "schedule": "linear", "hold": 0.0, "seed": cfg.seed,
             "max_batch_samples": int(cfg.batch_seconds * 16000), "max_sample_size": int(cfg.crop_seconds * 16000),
-            "min_sample_size": min_samples, "num_workers": 0, "log_every": 10, "valid_every": steps,
+            "min_sample_size": MIN_SAMPLES, "num_workers": 0, "log_every": 10, "valid_every": steps,
             "save_every": steps, "keep_last": 1, "device": "cpu"}
+
+
+def search_settings(cfg: DemoConfig) -> dict[str, Any]:
+    """`SearchConfig` fields that make the search's fitness the demo's stage-2 validation loss."""
+    return {**DISTIL, "max_batch_samples": int(cfg.batch_seconds * 16000), "max_sample_size": int(cfg.crop_seconds * 16000),
+            "min_sample_size": MIN_SAMPLES, "device": "cpu"}
 
 
 # -- the demo ------------------------------------------------------------------------------------
@@ -160,7 +169,15 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     """Runs (or resumes) the demo; returns the report as a dict and writes report.md / .json / .png."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "demo.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    settings = dataclasses.asdict(cfg)
+    saved = out / "demo.yaml"
+    if saved.is_file():  # resuming: every cached step must come from these settings
+        before = yaml.safe_load(saved.read_text()) or {}
+        changed = sorted(k for k in settings if k != "out" and before.get(k) != settings[k])
+        if changed:
+            raise ValueError(f"{out} holds a demo run with other settings ({', '.join(changed)}); "
+                             "use another --out, or delete the folder to start again")
+    saved.write_text(yaml.safe_dump(settings, sort_keys=False))
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -172,26 +189,24 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
 
     data = prepare_data(cfg, out)
     _check_labels(cfg, data)
-    min_samples = 4000  # 0.25 s: shorter utterances give too few frames for span masks
     lap("data")
 
     teacher_ckpt, teacher_valid = _train(out / "teacher", None, data, {
-        **_common(cfg, cfg.teacher_steps, min_samples), "method": "hubert", "model": TEACHER, "clusters": 50,
+        **_common(cfg, cfg.teacher_steps), "method": "hubert", "model": TEACHER, "clusters": 50,
         "mask_prob": 0.65, "mask_length": 5})
     lap("teacher")
     space_file = out / "space.yaml"
     space_file.write_text(yaml.safe_dump(SPACE, sort_keys=False))
     depth = len(TEACHER["heads"])
-    distil = {"mask_prob": 0.65, "mask_length": 5, "target_layers": depth - 1}
     stage1, stage1_valid = _train(out / "stage1", teacher_ckpt, data, {
-        **_common(cfg, cfg.stage1_steps, min_samples), **distil, "stage": 1, "space": str(space_file)})
+        **_common(cfg, cfg.stage1_steps), **DISTIL, "stage": 1, "space": str(space_file)})
     lap("stage 1")
     stage2, stage2_valid = _train(out / "stage2", teacher_ckpt, data, {
-        **_common(cfg, cfg.stage2_steps, min_samples), **distil, "stage": 2, "space": str(space_file),
+        **_common(cfg, cfg.stage2_steps), **DISTIL, "stage": 2, "space": str(space_file),
         "sampling": "sandwich", "sandwich_random": 1}, init=stage1)
     lap("stage 2")
     distilled, distil_valid = _train(out / "distilhubert", teacher_ckpt, data, {
-        **_common(cfg, cfg.stage1_steps + cfg.stage2_steps, min_samples), "method": "distilhubert",
+        **_common(cfg, cfg.stage1_steps + cfg.stage2_steps), "method": "distilhubert",
         "distil_layers": 2, "distil_targets": [depth // 2, depth - 1, depth], "lr": cfg.lr})
     lap("distilhubert")
 
@@ -213,11 +228,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
         label = "DistilHuBERT's params" if fraction is None else f"{budget} of max params"
         result = search.search(supernet, teacher, data["valid"], out / "search" / str(budget).replace("/", "_of_"),
                                search.SearchConfig(population=cfg.population, generations=cfg.generations, seed=cfg.seed,
-                                                   max_params=limit, target_layers=distil["target_layers"],
-                                                   mask_prob=distil["mask_prob"], mask_length=distil["mask_length"],
-                                                   max_batch_samples=int(cfg.batch_seconds * 16000),
-                                                   max_sample_size=int(cfg.crop_seconds * 16000),
-                                                   min_sample_size=min_samples, device="cpu"),
+                                                   max_params=limit, **search_settings(cfg)),
                                resume=True, progress=True)
         supernet.set_subnet(result.best)
         searches.append({"budget": label, "max_params": limit, "history": result.history, "best": result.best.describe()})
@@ -231,7 +242,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     report = {"rows": rows, "searches": [{k: v for k, v in s.items() if k != "history"} for s in searches],
               "max_params": max_params, "timings_s": timings, "config": dataclasses.asdict(cfg)}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    _plot(rows, searches, max_params, out / "report.png")
+    _plot(rows, searches, max_params, list(cfg.labels), out / "report.png")
     (out / "report.md").write_text(report_markdown(report))
     return report
 
@@ -310,7 +321,7 @@ def report_markdown(report: dict[str, Any]) -> str:
     return "\n".join(md)
 
 
-def _plot(rows: list[dict], searches: list[dict], max_params: int, path: Path) -> None:
+def _plot(rows: list[dict], searches: list[dict], max_params: int, tasks: list[str], path: Path) -> None:
     """Left: every evaluated subnet (params vs validation loss), the Pareto fronts and the budgets.
     Right: probe accuracy against parameters for every model, MFCC as a line."""
     import matplotlib
@@ -318,7 +329,6 @@ def _plot(rows: list[dict], searches: list[dict], max_params: int, path: Path) -
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    tasks = [k for k in rows[0] if k not in ("name", "valid_loss", "shape", "params", "macs", "latency_ms", "subnet")]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), dpi=110)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for s, colour in zip(searches, colours):
@@ -340,7 +350,7 @@ def _plot(rows: list[dict], searches: list[dict], max_params: int, path: Path) -
         models = [r for r in rows if "params" in r]
         right.scatter([r["params"] / 1e6 for r in models], [r[t] for r in models], marker=marker, s=40, label=t)
         for r in models:
-            right.annotate(r["name"].replace("LightHuBERT ", "").split(",")[0] if "subnet" not in r else r["subnet"],
+            right.annotate(r["name"].replace("LightHuBERT subnet, ", "").replace(" of max params", ""),
                            (r["params"] / 1e6, r[t]), fontsize=6, xytext=(3, 3), textcoords="offset points")
         mfcc = next(r for r in rows if "params" not in r)
         right.axhline(mfcc[t], linestyle=":", color="0.4", linewidth=1)

@@ -1,10 +1,10 @@
-"""Distillation training: one loop for one process or many (torchrun / DDP).
+"""Training: one loop for one process or many (torchrun / DDP).
 
 `Trainer.train_step` reads like nanoGPT's loop: set the learning rate, pick the step's
-subnets, teacher under `no_grad`, student, loss, backward, clip, step, log. The recipe
-(`LightHuBERT` stage 1 / stage 2, or DistilHuBERT) decides the student, its targets and
-its subnets; everything else (data, schedule, precision, checkpoints, resume, logging) is
-shared.
+subnets, targets under `no_grad`, student, loss, backward, clip, step, log. The recipe
+(`LightHuBERT` stage 1 / stage 2, DistilHuBERT, or HuBERT pre-training of a teacher in
+`pretrain.py`) decides the student, its targets and its subnets; everything else (data,
+schedule, precision, checkpoints, resume, logging) is shared.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DistillConfig:
-    """Every setting of a distillation run; written into each checkpoint and `config.yaml`."""
+    """Every setting of a training run (distillation, or `method: hubert` pre-training);
+    written into each checkpoint and `config.yaml`."""
 
     method: str = "lighthubert"  # lighthubert (two stages, once-for-all) | distilhubert (Chang et al. 2022) | hubert (pretrain-teacher)
     stage: int = 1  # LightHuBERT stage: 1 trains the full-size student, 2 the once-for-all supernet
