@@ -106,8 +106,8 @@ def test_evolution_deterministic_and_resume_reuses_history(setup, train_setup, t
 
 def test_evolution_vs_random_same_evaluations(setup, train_setup, tmp_path):
     evo = _run(setup, train_setup, tmp_path / "evo", seed=1, population=6, generations=4)
-    rnd = _run(setup, train_setup, tmp_path / "rnd", seed=1, algorithm="random", population=evo.evaluations,
-               generations=1)
+    rnd = _run(setup, train_setup, tmp_path / "rnd", seed=1, algorithm="random", population=6, generations=4)
+    assert evo.evaluations == rnd.evaluations == 24  # children already evaluated are redrawn
     print(f"evolution best {evo.best_loss:.5f} ({evo.evaluations} subnets), "
           f"random best {rnd.best_loss:.5f} ({rnd.evaluations} subnets)")
     assert evo.best_loss <= rnd.best_loss

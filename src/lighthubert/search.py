@@ -349,24 +349,26 @@ class _Searcher:
                 self.evaluate(g, gen)
 
     def run_evolution(self) -> None:
+        """`population` random subnets, then per generation `population` new children of the
+        best `parent_fraction` evaluated so far (crossover and/or mutation, repaired into the
+        budgets); a child already evaluated is redrawn (up to 100 times), so evolution spends
+        as many distinct evaluations as random search."""
         cfg, codec = self.cfg, self.codec
-        population = [self.sample() for _ in range(cfg.population)]
-        losses = {g: self.evaluate(g, 0)["loss"] for g in population}
+        losses = {g: self.evaluate(g, 0)["loss"] for g in (self.sample() for _ in range(cfg.population))}
         keep = max(1, round(cfg.parent_fraction * cfg.population))
         for gen in range(1, cfg.generations):
-            ranked = sorted(set(population), key=lambda g: (losses[g], g))
-            parents = ranked[:keep]
-            children = []
-            while len(parents) + len(children) < cfg.population:
-                if len(parents) > 1 and self.rng.random() < cfg.crossover:
-                    a, b = self.rng.sample(parents, 2)
-                    child = codec.crossover(a, b, self.rng)
-                else:
-                    child = self.rng.choice(parents)
-                child = self.repair(codec.mutate(child, self.rng, cfg.mutation_prob))
+            parents = sorted(losses, key=lambda g: (losses[g], g))[:keep]
+            for _ in range(cfg.population):
+                for _ in range(100):
+                    if len(parents) > 1 and self.rng.random() < cfg.crossover:
+                        a, b = self.rng.sample(parents, 2)
+                        child = codec.crossover(a, b, self.rng)
+                    else:
+                        child = self.rng.choice(parents)
+                    child = self.repair(codec.mutate(child, self.rng, cfg.mutation_prob))
+                    if codec.decode(child) not in self.records:
+                        break
                 losses[child] = self.evaluate(child, gen)["loss"]
-                children.append(child)
-            population = parents + children
 
 
 def _read_history(path: Path, space: SearchSpace) -> dict[SubnetConfig, dict]:
