@@ -44,9 +44,9 @@ def _subnet_rows(space: SearchSpace, named: Sequence[tuple[str, SubnetConfig]]) 
     return rows
 
 
-def _print_table(rows: list[dict], extra: Sequence[str] = ()) -> None:
-    cols = ["name", "subnet", "params", "MACs/1s audio", *extra]
-    cells = [[r["name"], r["subnet"], f"{r['params']:,}", format_count(r["macs_per_second"]), *(str(r[c]) for c in extra)] for r in rows]
+def _print_table(rows: list[dict]) -> None:
+    cols = ["name", "subnet", "params", "MACs/1s audio"]
+    cells = [[r["name"], r["subnet"], f"{r['params']:,}", format_count(r["macs_per_second"])] for r in rows]
     print(format_table(cols, cells))
 
 

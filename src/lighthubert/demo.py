@@ -207,7 +207,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     lap("stage 2")
     distilled, distil_valid = _train(out / "distilhubert", teacher_ckpt, data, {
         **_common(cfg, cfg.stage1_steps + cfg.stage2_steps), "method": "distilhubert",
-        "distil_layers": 2, "distil_targets": [depth // 2, depth - 1, depth], "lr": cfg.lr})
+        "distil_layers": 2, "distil_targets": [depth // 2, depth - 1, depth]})
     lap("distilhubert")
 
     teacher = checkpoint.load_model(teacher_ckpt)
@@ -310,7 +310,7 @@ def report_markdown(report: dict[str, Any]) -> str:
           "- MACs: one 1-second utterance; CPU ms: median of 5 forward passes over 1 s of audio on this machine "
           "(measured, not predicted).",
           "- valid loss: each model's own training objective on the validation split, so compare within a kind: "
-          "teacher = masked unit cross entropy; LightHuBERT = L1 to the mean of the teacher's last layers on masked "
+          "teacher = unit cross entropy (every frame, masked or not); LightHuBERT = L1 to the mean of the teacher's last layers on masked "
           "frames (stage 1 at the max subnet, the subnets as the search scored them); DistilHuBERT = L1 + cosine "
           "of its heads.",
           "- accuracy: SUPERB-style probe on frozen features (learned layer weights, mean pooling, MLP head), test split.",

@@ -424,6 +424,7 @@ def probe_tasks(source: Union[HuBERT, str], train_manifest: Union[str, Path], te
             raise ValueError(f"test class(es) absent from training: {', '.join(map(repr, unseen))} (labels {labels!r}); "
                              f"add them to {train_manifest} or remove them from {test_manifest}")
         checked[name] = (train_labels, test_labels)
+    # the paths are the manifests' whatever the labels: those of the last label set serve all
     train = FrozenFeatures.compute(source, train_paths, cfg.max_batch_seconds, progress=progress)
     test = FrozenFeatures.compute(source, test_paths, cfg.max_batch_seconds, progress=progress)
     return {name: _fit_and_score(train, test, train_labels, test_labels, cfg)

@@ -137,8 +137,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
                      "weight_decay": 1e-6, "mask_prob": 0.0, "loss_on": "all", "max_steps": 200_000,
                      "max_sample_size": 250_000, "max_batch_samples": 24 * 250_000, "min_sample_size": 0},
     # HuBERT Base (fairseq hubert_base_librispeech.yaml): mask 0.8, 8% warm-up then linear decay, 400k steps.
-    "hubert": {"mask_prob": 0.8, "schedule": "linear", "warmup": 0.08, "hold": 0.0, "max_sample_size": 250_000,
-               "max_batch_samples": 1_400_000},
+    "hubert": {"mask_prob": 0.8, "schedule": "linear", "warmup": 0.08, "hold": 0.0, "max_sample_size": 250_000},
 }
 
 
@@ -328,7 +327,7 @@ class DistilHuBERTRecipe:
         return {"Distiller": convert.ours_to_distiller(student.state_dict(), student.cfg.extractor_mode),
                 "Config": {"distiller": convert.distiller_config_dict(student.cfg, student.targets)}}
 
-    restore = LightHuBERTRecipe.restore
+    restore = staticmethod(LightHuBERTRecipe.restore)
 
 
 class Trainer:
