@@ -146,7 +146,10 @@ class HuBERTRecipe:
     seeded sample of files) unless a resumed checkpoint brought them.
     """
 
-    find_unused_parameters = False
+    @property
+    def find_unused_parameters(self) -> bool:
+        """Layerdrop leaves whole layers out of a step (DDP must be told); no masking leaves `mask_emb` out."""
+        return self.model_cfg.layerdrop > 0 or self.cfg.mask_prob <= 0
 
     def __init__(self, cfg: "DistillConfig", train_set: AudioDataset, progress: bool = True) -> None:
         self.cfg, self.train_set, self.progress = cfg, train_set, progress
