@@ -551,6 +551,7 @@ class Trainer:
             if main:
                 logf.write(json.dumps(summary) + "\n")
                 log.info("done at step %d; %s; %d non-finite steps skipped", self.step, self.skipped.summary(), self.bad_steps)
+            distributed.barrier(self.ctx)  # leave together: gloo aborts a rank torn down while another still writes
             return summary
         finally:
             bar.close()
