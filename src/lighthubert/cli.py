@@ -258,6 +258,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"lighthubert: error: {message} (see {self.prog} --help)\n")
 
 
+def _training_args(p: argparse.ArgumentParser) -> None:
+    """The flags `distill` and `pretrain-teacher` share: both run `cmd_distill`'s trainer."""
+    p.add_argument("--train", help="training manifest (.tsv)")
+    p.add_argument("--valid", help="validation manifest (.tsv)")
+    p.add_argument("--out", help="run folder: config.yaml, log.jsonl, step-N.pt checkpoints")
+    p.add_argument("--config", help="YAML file of DistillConfig settings (see --print-config)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--print-config", action="store_true", help="print the effective config as YAML and exit")
+    p.set_defaults(func=cmd_distill)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lighthubert", description="LightHuBERT: once-for-all HuBERT supernets.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -307,15 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--method", choices=("lighthubert", "distilhubert"), help="recipe (default lighthubert; "
                    "distilhubert switches to its paper's defaults, see --print-config)")
     t.add_argument("--teacher", help="teacher checkpoint: fairseq .pt, transformers folder, torchaudio, compact, LightHuBERT")
-    t.add_argument("--train", help="training manifest (.tsv)")
-    t.add_argument("--valid", help="validation manifest (.tsv)")
-    t.add_argument("--out", help="run folder: config.yaml, log.jsonl, step-N.pt checkpoints")
-    t.add_argument("--config", help="YAML file of DistillConfig settings")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
     t.add_argument("--init", help="initial student weights (stage 2: the stage-1 checkpoint)")
-    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    t.add_argument("--print-config", action="store_true", help="print the effective config as YAML and exit")
-    t.set_defaults(func=cmd_distill)
+    _training_args(t)
 
     h = sub.add_parser("pretrain-teacher", help="pre-train a small HuBERT teacher (iteration 1: MFCC k-means units)",
                        description="HuBERT iteration 1: k-means on MFCC frames of the training set, then masked "
@@ -323,14 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "every --teacher option reads. Settings as for distill; the shape is the `model` "
                                    "setting, e.g. --set 'model={embed_dim: 256, heads: [4,4,4,4], ffn_dim: [1024,1024,1024,1024]}'. "
                                    "One process, or many with torchrun.")
-    h.add_argument("--train", help="training manifest (.tsv)")
-    h.add_argument("--valid", help="validation manifest (.tsv)")
-    h.add_argument("--out", help="run folder: config.yaml, log.jsonl, step-N.pt checkpoints")
-    h.add_argument("--config", help="YAML file of settings (see --print-config)")
-    h.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
-    h.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    h.add_argument("--print-config", action="store_true", help="print the effective config as YAML and exit")
-    h.set_defaults(func=cmd_distill)
+    _training_args(h)
 
     d = sub.add_parser("demo", help="the whole pipeline on a built-in corpus (or your audio) and a report",
                        description="Pre-trains a small teacher, runs LightHuBERT stage 1 and 2 on a small supernet, "

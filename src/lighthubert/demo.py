@@ -27,7 +27,6 @@ import soundfile as sf
 import yaml
 
 from . import checkpoint, corpus, probes, search
-from .data import read_manifest
 from .model import HuBERT
 from .space import count_macs, count_params, format_count, format_table
 from .trainer import DistillConfig, Trainer
@@ -160,8 +159,8 @@ def _common(cfg: DemoConfig, steps: int) -> dict[str, Any]:
 
 def search_settings(cfg: DemoConfig) -> dict[str, Any]:
     """`SearchConfig` fields that make the search's fitness the demo's stage-2 validation loss."""
-    return {**DISTIL, "max_batch_samples": int(cfg.batch_seconds * 16000), "max_sample_size": int(cfg.crop_seconds * 16000),
-            "min_sample_size": MIN_SAMPLES, "device": "cpu"}
+    common = _common(cfg, 1)
+    return {**DISTIL, **{k: common[k] for k in ("max_batch_samples", "max_sample_size", "min_sample_size", "device")}}
 
 
 # -- the demo ------------------------------------------------------------------------------------
@@ -188,7 +187,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
         clock = now
 
     data = prepare_data(cfg, out)
-    _check_labels(cfg, data)
+    probes.check_tasks(data["train"], data["test"], cfg.labels)  # bad labels fail here, before any training
     lap("data")
 
     teacher_ckpt, teacher_valid = _train(out / "teacher", None, data, {
@@ -245,19 +244,6 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     _plot(rows, searches, max_params, list(cfg.labels), out / "report.png")
     (out / "report.md").write_text(report_markdown(report))
     return report
-
-
-def _check_labels(cfg: DemoConfig, data: dict[str, Path]) -> None:
-    """Every probe's labels must cover train and test (checked before any training)."""
-    for name, spec in cfg.labels.items():
-        split = {}
-        for part in ("train", "test"):
-            m = read_manifest(data[part])
-            split[part] = set(probes.labels_from(spec, [m.root / rel for rel, _ in m.entries], m.root))
-        unseen = sorted(split["test"] - split["train"])
-        if len(split["train"]) < 2 or unseen:
-            raise ValueError(f"labels {name}={spec!r}: {len(split['train'])} training class(es)"
-                             + (f", test class(es) absent from training: {unseen}" if unseen else "; a probe needs 2"))
 
 
 def _measure(model: Union[HuBERT, str], name: str, cfg: DemoConfig, data: dict[str, Path], out: Path) -> dict[str, Any]:

@@ -411,10 +411,28 @@ def probe_tasks(source: Union[HuBERT, str], train_manifest: Union[str, Path], te
     cfg = cfg or ProbeConfig()
     if isinstance(source, str) and source != MFCC:
         raise ValueError(f"source must be a model or {MFCC!r}, got {source!r}")
+    train_paths, test_paths, checked = check_tasks(train_manifest, test_manifest, tasks)
+    train = FrozenFeatures.compute(source, train_paths, cfg.max_batch_seconds, progress=progress)
+    test = FrozenFeatures.compute(source, test_paths, cfg.max_batch_seconds, progress=progress)
+    return {name: _fit_and_score(train, test, train_labels, test_labels, cfg)
+            for name, (train_labels, test_labels) in checked.items()}
+
+
+def check_tasks(train_manifest: Union[str, Path], test_manifest: Union[str, Path], tasks: dict[str, str]
+                ) -> tuple[list[Path], list[Path], dict[str, tuple[list[str], list[str]]]]:
+    """Reads and checks every label set without touching audio, so a pipeline can fail early.
+
+    Returns:
+        The train and test audio paths, and name -> (train labels, test labels).
+
+    Raises:
+        ValueError: see `probe`.
+    """
+    (train_paths, train_root), (test_paths, test_root) = _audio_paths(train_manifest), _audio_paths(test_manifest)
     checked = {}
     for name, labels in tasks.items():
-        train_paths, train_labels = _labelled(train_manifest, labels)
-        test_paths, test_labels = _labelled(test_manifest, labels)
+        train_labels = labels_from(labels, train_paths, train_root)
+        test_labels = labels_from(labels, test_paths, test_root)
         classes = sorted(set(train_labels))
         if len(classes) < 2:
             raise ValueError(f"{train_manifest}: the labels give {len(classes)} class ({classes[0]!r}); "
@@ -424,11 +442,7 @@ def probe_tasks(source: Union[HuBERT, str], train_manifest: Union[str, Path], te
             raise ValueError(f"test class(es) absent from training: {', '.join(map(repr, unseen))} (labels {labels!r}); "
                              f"add them to {train_manifest} or remove them from {test_manifest}")
         checked[name] = (train_labels, test_labels)
-    # the paths are the manifests' whatever the labels: those of the last label set serve all
-    train = FrozenFeatures.compute(source, train_paths, cfg.max_batch_seconds, progress=progress)
-    test = FrozenFeatures.compute(source, test_paths, cfg.max_batch_seconds, progress=progress)
-    return {name: _fit_and_score(train, test, train_labels, test_labels, cfg)
-            for name, (train_labels, test_labels) in checked.items()}
+    return train_paths, test_paths, checked
 
 
 def _fit_and_score(train: FrozenFeatures, test: FrozenFeatures, train_labels: list[str], test_labels: list[str],
@@ -455,13 +469,12 @@ def _fit_and_score(train: FrozenFeatures, test: FrozenFeatures, train_labels: li
     )
 
 
-def _labelled(manifest: Union[str, Path], labels: str) -> tuple[list[Path], list[str]]:
-    """The audio files of a manifest and their labels."""
+def _audio_paths(manifest: Union[str, Path]) -> tuple[list[Path], Path]:
+    """The audio files of a manifest, and its root."""
     m = read_manifest(manifest)
     if not m.entries:
         raise ValueError(f"{manifest}: no utterances; list at least one 'relative/path<TAB>frames' after the root line")
-    paths = [m.root / rel for rel, _ in m.entries]
-    return paths, labels_from(labels, paths, m.root)
+    return [m.root / rel for rel, _ in m.entries], m.root
 
 
 def fit_classifier(feats: FrozenFeatures, targets: Tensor, n_classes: int, cfg: ProbeConfig) -> tuple[UtteranceClassifier, float]:
