@@ -135,7 +135,7 @@ class Manifest:
     """A fairseq `.tsv` manifest (`examples/wav2vec/wav2vec_manifest.py`) in memory."""
 
     root: Path  # line 1: the folder the paths are relative to
-    entries: list[tuple[str, int]]  # (path relative to root, frames at the file's own rate)
+    entries: list[tuple[str, int]]  # (path relative to root, length in 16 kHz samples)
 
 
 def write_manifest(
@@ -148,8 +148,10 @@ def write_manifest(
     """Writes `out_dir/train.tsv` and `out_dir/valid.tsv` for every audio file under `audio_dir`.
 
     The format is fairseq's `wav2vec_manifest.py`, which HuBERT and DistilHuBERT recipes read:
-    line 1 is the absolute root, then `relative/path<TAB>frames` with `soundfile.info().frames`
-    at the file's own rate. Files are found recursively (extensions case-insensitive) and
+    line 1 is the absolute root, then `relative/path<TAB>frames`. The count is the file's
+    length in 16 kHz samples (`manifest_frames`): `soundfile.info().frames`, as fairseq
+    writes, for 16 kHz audio; for other rates the length `load_audio` resamples it to, so
+    length filters and batch budgets mean the same seconds at any rate. Files are found recursively (extensions case-insensitive) and
     sorted, so the same folder and seed always give the same split: one `random.Random(seed)`
     draw per file, in sorted order, sends it to valid with probability `valid_percent`
     (drawn before the file is read, so an unreadable file does not shift the others).
@@ -187,7 +189,7 @@ def write_manifest(
         try:
             if "\t" in rel or len(rel.splitlines()) != 1:
                 raise ValueError("a tab or line break in the name cannot be written to a .tsv manifest")
-            frames = sf.info(str(root / rel)).frames
+            frames = manifest_frames(root / rel)
         except (*_READ_ERRORS, ValueError) as e:
             log.warning("%s: skipped, %s", root / rel, _first_line(e))
             skipped += 1
@@ -200,6 +202,13 @@ def write_manifest(
         path.write_text("\n".join(lines[split]) + "\n")
     log.info("%s: %d train, %d valid, %d skipped", root, len(lines["train"]) - 1, len(lines["valid"]) - 1, skipped)
     return paths
+
+
+def manifest_frames(path: Union[str, Path]) -> int:
+    """A file's length in 16 kHz samples, as `load_audio` returns it (`resample_poly` rounds up):
+    the count manifests record, so that an 8 kHz corpus batches and filters by real duration."""
+    info = sf.info(str(path))
+    return info.frames if info.samplerate == SAMPLE_RATE else -(-info.frames * SAMPLE_RATE // info.samplerate)
 
 
 def read_manifest(path: Union[str, Path]) -> Manifest:
@@ -231,10 +240,9 @@ class AudioDataset(Dataset):
     """Utterances of a manifest as 16 kHz mono float32; a bad file is reported, never raised.
 
     Length filters use the manifest's frame counts as 16 kHz samples, as fairseq's
-    `HubertDataset` does (`min_keep`/`max_keep`): the manifest does not record the rate, and
-    reading every header again would cost a pass over the corpus. For 16 kHz corpora
-    (LibriSpeech) they are exact; at other rates they are off by the rate ratio (an 8 kHz
-    file loads as twice its count), which filters and batch budgets must allow for.
+    `HubertDataset` does (`min_keep`/`max_keep`); `write_manifest` writes them so (see
+    `manifest_frames`). A fairseq manifest of audio at another rate counts frames at that
+    rate, and its filters and batches are then off by the rate ratio.
     A file is still checked against `min_samples` after loading, so a short resampled file is
     reported rather than batched.
 
@@ -250,7 +258,7 @@ class AudioDataset(Dataset):
         self.min_samples = min_samples
         kept = [(rel, n) for rel, n in m.entries if n >= min_samples and (max_samples is None or n <= max_samples)]
         self.paths = [rel for rel, _ in kept]
-        self.sizes = [n for _, n in kept]  # manifest frames, taken as 16 kHz samples
+        self.sizes = [n for _, n in kept]  # 16 kHz samples
         short = sum(n < min_samples for _, n in m.entries)
         log.info("%s: kept %d of %d utterances; filtered %d below min_samples %d and %d above max_samples %s",
                  manifest, len(kept), len(m.entries), short, min_samples, len(m.entries) - len(kept) - short, max_samples)

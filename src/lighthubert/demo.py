@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import soundfile as sf
 import yaml
 
 from . import checkpoint, corpus, probes, search
+from .data import manifest_frames
 from .model import HuBERT
 from .space import count_macs, count_params, format_count, format_table
 from .trainer import DistillConfig, Trainer
@@ -125,7 +125,7 @@ def prepare_data(cfg: DemoConfig, out: Path) -> dict[str, Path]:
     for name, chosen in splits.items():
         paths[name] = out / "data" / f"{name}.tsv"
         paths[name].parent.mkdir(parents=True, exist_ok=True)
-        lines = [str(root)] + [f"{p.relative_to(root)}\t{sf.info(p).frames}" for p in chosen]
+        lines = [str(root)] + [f"{p.relative_to(root)}\t{manifest_frames(p)}" for p in chosen]
         paths[name].write_text("\n".join(lines) + "\n")
     log.info("data: %s", ", ".join(f"{k} {len(v)} files" for k, v in splits.items()))
     return paths
