@@ -336,9 +336,10 @@ def _plot(rows: list[dict], searches: list[dict], max_params: int, tasks: list[s
     for t, marker in zip(tasks, markers):
         models = [r for r in rows if "params" in r]
         right.scatter([r["params"] / 1e6 for r in models], [r[t] for r in models], marker=marker, s=40, label=t)
-        for r in models:
+        for i, r in enumerate(models):  # models of equal size (teacher, stage 1) get their labels stacked
+            above = sum(m["params"] == r["params"] for m in models[:i])
             right.annotate(r["name"].replace("LightHuBERT subnet, ", "").replace(" of max params", ""),
-                           (r["params"] / 1e6, r[t]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+                           (r["params"] / 1e6, r[t]), fontsize=6, xytext=(3, 3 - 8 * above), textcoords="offset points")
         mfcc = next(r for r in rows if "params" not in r)
         right.axhline(mfcc[t], linestyle=":", color="0.4", linewidth=1)
         right.annotate(f"MFCC {t}", (0, mfcc[t]), xycoords=("axes fraction", "data"), fontsize=7, color="0.3",
