@@ -151,11 +151,12 @@ def write_manifest(
     line 1 is the absolute root, then `relative/path<TAB>frames`. The count is the file's
     length in 16 kHz samples (`manifest_frames`): `soundfile.info().frames`, as fairseq
     writes, for 16 kHz audio; for other rates the length `load_audio` resamples it to, so
-    length filters and batch budgets mean the same seconds at any rate. Files are found recursively (extensions case-insensitive) and
-    sorted, so the same folder and seed always give the same split: one `random.Random(seed)`
-    draw per file, in sorted order, sends it to valid with probability `valid_percent`
-    (drawn before the file is read, so an unreadable file does not shift the others).
-    Unreadable files are left out with a warning each and a count at the end.
+    length filters and batch budgets mean the same seconds at any rate. Files are found
+    recursively (extensions case-insensitive) and sorted, so the same folder and seed always
+    give the same split: one `random.Random(seed)` draw per file, in sorted order, sends it to
+    valid with probability `valid_percent` (drawn before the file is read, so an unreadable
+    file does not shift the others). Unreadable files are left out with a warning each and a
+    count at the end.
 
     Args:
         audio_dir: folder to search.
