@@ -33,8 +33,9 @@ from .trainer import DistillConfig, Trainer
 
 log = logging.getLogger(__name__)
 
-# A 4-layer, 192-wide teacher on HuBERT's front end (128 channels): about 2 M parameters.
-CONV = [[128, 10, 5]] + [[128, 3, 2]] * 4 + [[128, 2, 2]] * 2
+# A 4-layer, 192-wide teacher on HuBERT's front end with 64 channels: about 1.9 M parameters.
+# 64 channels train 1.7x faster than 128 and probed as well on FSDD (docs/demo.md).
+CONV = [[64, 10, 5]] + [[64, 3, 2]] * 4 + [[64, 2, 2]] * 2
 TEACHER = {"conv_layers": CONV, "embed_dim": 192, "heads": [3] * 4, "ffn_dim": [768] * 4, "conv_pos": 32,
            "layerdrop": 0.0, "dropout_input": 0.0, "feature_grad_mult": 1.0}
 # The supernet has the teacher's shape (stage 1 starts from the teacher's weights); 3 x 3^4 x 3^4 x 3 subnets.
@@ -333,17 +334,21 @@ def _plot(rows: list[dict], searches: list[dict], max_params: int, tasks: list[s
     left.grid(alpha=0.3)
     left.legend(fontsize=7)
     markers = ["o", "s", "^", "D"]
+    models = [r for r in rows if "params" in r]
+    mfcc = next(r for r in rows if "params" not in r)
+    points = []  # (params M, accuracy, label) of every model and task, labelled together below
     for t, marker in zip(tasks, markers):
-        models = [r for r in rows if "params" in r]
         right.scatter([r["params"] / 1e6 for r in models], [r[t] for r in models], marker=marker, s=40, label=t)
-        for i, r in enumerate(models):  # models of equal size (teacher, stage 1) get their labels stacked
-            above = sum(m["params"] == r["params"] for m in models[:i])
-            right.annotate(r["name"].replace("LightHuBERT subnet, ", "").replace(" of max params", ""),
-                           (r["params"] / 1e6, r[t]), fontsize=6, xytext=(3, 3 - 8 * above), textcoords="offset points")
-        mfcc = next(r for r in rows if "params" not in r)
+        points += [(r["params"] / 1e6, r[t], r["name"].replace("LightHuBERT subnet, ", "").replace(" of max params", ""))
+                   for r in models]
         right.axhline(mfcc[t], linestyle=":", color="0.4", linewidth=1)
         right.annotate(f"MFCC {t}", (0, mfcc[t]), xycoords=("axes fraction", "data"), fontsize=7, color="0.3",
                        xytext=(3, -9), textcoords="offset points")
+    accuracies = [y for _, y, _ in points] + [mfcc[t] for t in tasks]
+    near_x, near_y = 0.12 * max_params / 1e6, 0.03 * (max(accuracies) - min(accuracies) or 1)
+    for i, (x, y, label) in enumerate(points):  # a label that would overprint an earlier one goes below it
+        below = sum(abs(x - px) < near_x and abs(y - py) < near_y for px, py, _ in points[:i])
+        right.annotate(label, (x, y), fontsize=6, xytext=(3, 3 - 8 * below), textcoords="offset points")
     right.axvline(max_params / 1e6, color="0.6", linewidth=0.8)
     right.set_xlabel("parameters (M)")
     right.set_ylabel("probe accuracy (test)")
