@@ -64,8 +64,8 @@ class DemoConfig:
     test_regex: Optional[str] = None  # --data: stems matching it are the test set (default: a seeded 20%)
     valid_fraction: float = 0.1  # --data: share of the non-test files held out for validation and search
     teacher_steps: int = 800  # HuBERT iteration-1 pre-training steps
-    stage1_steps: int = 200  # LightHuBERT stage 1 (the DistilHuBERT student gets stage 1 + stage 2)
-    stage2_steps: int = 200  # LightHuBERT stage 2 (sandwich: the max, the min and one random subnet each step)
+    stage1_steps: int = 150  # LightHuBERT stage 1 (the DistilHuBERT student gets stage 1 + stage 2)
+    stage2_steps: int = 150  # LightHuBERT stage 2 (sandwich: the max, the min and one random subnet each step)
     lr: float = 1e-3  # peak learning rate of every training run
     batch_seconds: float = 10.0  # audio per training batch
     crop_seconds: float = 2.0  # longest crop of one utterance
