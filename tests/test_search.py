@@ -104,6 +104,12 @@ def test_evolution_deterministic_and_resume_reuses_history(setup, train_setup, t
     assert again.new_evaluations == 0 and again.best == a.best
 
 
+def test_evolution_explores_when_children_repeat(setup, train_setup, tmp_path):
+    # No crossover and no mutation: every child copies a parent, so every child is redrawn as a random sample.
+    evo = _run(setup, train_setup, tmp_path / "evo", seed=1, population=4, generations=3, mutation_prob=0.0, crossover=0.0)
+    assert evo.evaluations == 12 and len(set(r["describe"] for r in evo.history)) == 12
+
+
 def test_evolution_vs_random_same_evaluations(setup, train_setup, tmp_path):
     evo = _run(setup, train_setup, tmp_path / "evo", seed=1, population=6, generations=4)
     rnd = _run(setup, train_setup, tmp_path / "rnd", seed=1, algorithm="random", population=6, generations=4)

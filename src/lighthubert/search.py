@@ -338,23 +338,28 @@ class _Searcher:
         self.bar.set_postfix(best_loss=f"{best:.4f}", evaluated=len(self.records))
         return self.records[sub]
 
+    def unseen_sample(self) -> Genome:
+        """A feasible sample not evaluated yet, redrawn up to 100 times (then the last draw)."""
+        for _ in range(100):
+            g = self.sample()
+            if self.codec.decode(g) not in self.records:
+                break
+        return g
+
     def run_random(self) -> None:
-        """`population * generations` samples, redrawn (up to 100 times) when already evaluated."""
+        """`population * generations` samples, redrawn when already evaluated."""
         for gen in range(self.cfg.generations):
             for _ in range(self.cfg.population):
-                for _ in range(100):
-                    g = self.sample()
-                    if self.codec.decode(g) not in self.records:
-                        break
-                self.evaluate(g, gen)
+                self.evaluate(self.unseen_sample(), gen)
 
     def run_evolution(self) -> None:
         """`population` random subnets, then per generation `population` new children of the
         best `parent_fraction` evaluated so far (crossover and/or mutation, repaired into the
-        budgets); a child already evaluated is redrawn (up to 100 times), so evolution spends
-        as many distinct evaluations as random search."""
+        budgets); a child already evaluated is redrawn, up to 100 times and then as a random
+        sample (the parents' neighbourhood is used up), so evolution spends as many distinct
+        evaluations as random search."""
         cfg, codec = self.cfg, self.codec
-        losses = {g: self.evaluate(g, 0)["loss"] for g in (self.sample() for _ in range(cfg.population))}
+        losses = {g: self.evaluate(g, 0)["loss"] for g in (self.unseen_sample() for _ in range(cfg.population))}
         keep = max(1, round(cfg.parent_fraction * cfg.population))
         for gen in range(1, cfg.generations):
             parents = sorted(losses, key=lambda g: (losses[g], g))[:keep]
@@ -368,6 +373,8 @@ class _Searcher:
                     child = self.repair(codec.mutate(child, self.rng, cfg.mutation_prob))
                     if codec.decode(child) not in self.records:
                         break
+                else:
+                    child = self.unseen_sample()
                 losses[child] = self.evaluate(child, gen)["loss"]
 
 
