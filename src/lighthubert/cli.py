@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Pre-trains a small teacher, runs LightHuBERT stage 1 and 2 on a small supernet, "
                                    "searches it at three parameter budgets, trains DistilHuBERT with the same steps, "
                                    "probes every model, the teacher and MFCCs, and writes OUT/report.md, report.json "
-                                   "and report.png. Re-running the same command resumes. Defaults: about 8 minutes "
+                                   "and report.png. Re-running the same command resumes. Defaults: about 9.5 minutes "
                                    "on 2 CPU cores.")
     d.add_argument("--out", default="lighthubert-demo", help="output folder (default ./lighthubert-demo)")
     d.add_argument("--data", help="folder of audio files to use instead of the built-in corpus (needs --labels)")
