@@ -105,3 +105,16 @@ def test_budget_fractions():
     for bad in ("0", "3/2", "x", "1/0"):
         with pytest.raises(ValueError, match="give a fraction"):
             demo._budget_fraction(bad)
+
+
+def test_prepare_data_skips_an_unreadable_file(tmp_path, caplog):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("0_a_1", "1_a_2", "0_b_3", "1_b_4"):
+        sf.write(data / f"{name}.wav", np.zeros(8000, dtype="float32") + 0.1, 8000)
+    (data / "1_a_3.wav").write_text("not audio")
+    cfg = demo.DemoConfig(data=str(data), labels={"word": r"^(\d)_"}, test_regex="_[34]$", valid_fraction=0.3)
+    paths = demo.prepare_data(cfg, tmp_path / "out")
+    lines = [line for p in paths.values() for line in p.read_text().splitlines()[1:]]
+    assert sorted(lines) == ["0_a_1.wav\t16000", "0_b_3.wav\t16000", "1_a_2.wav\t16000", "1_b_4.wav\t16000"]
+    assert "1_a_3.wav: skipped" in caplog.text

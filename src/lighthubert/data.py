@@ -187,15 +187,11 @@ def write_manifest(
     skipped = 0
     for rel in files:
         split = "valid" if rng.random() < valid_percent else "train"
-        try:
-            if "\t" in rel or len(rel.splitlines()) != 1:
-                raise ValueError("a tab or line break in the name cannot be written to a .tsv manifest")
-            frames = manifest_frames(root / rel)
-        except (*_READ_ERRORS, ValueError) as e:
-            log.warning("%s: skipped, %s", root / rel, _first_line(e))
+        line = manifest_line(root, rel)
+        if line is None:
             skipped += 1
-            continue
-        lines[split].append(f"{rel}\t{frames}")
+        else:
+            lines[split].append(line)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = out / "train.tsv", out / "valid.tsv"
@@ -203,6 +199,18 @@ def write_manifest(
         path.write_text("\n".join(lines[split]) + "\n")
     log.info("%s: %d train, %d valid, %d skipped", root, len(lines["train"]) - 1, len(lines["valid"]) - 1, skipped)
     return paths
+
+
+def manifest_line(root: Path, rel: str) -> Optional[str]:
+    """`rel<TAB>frames` for the file `root / rel`, or None (with a warning) when it cannot be
+    read or its name cannot be written to a `.tsv` manifest."""
+    try:
+        if "\t" in rel or len(rel.splitlines()) != 1:
+            raise ValueError("a tab or line break in the name cannot be written to a .tsv manifest")
+        return f"{rel}\t{manifest_frames(root / rel)}"
+    except (*_READ_ERRORS, ValueError) as e:
+        log.warning("%s: skipped, %s", root / rel, _first_line(e))
+        return None
 
 
 def manifest_frames(path: Union[str, Path]) -> int:

@@ -26,7 +26,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from . import checkpoint, corpus, probes, search
-from .data import manifest_frames
+from .data import manifest_line
 from .model import HuBERT
 from .space import count_macs, count_params, format_count, format_table
 from .trainer import DistillConfig, Trainer
@@ -126,7 +126,7 @@ def prepare_data(cfg: DemoConfig, out: Path) -> dict[str, Path]:
     for name, chosen in splits.items():
         paths[name] = out / "data" / f"{name}.tsv"
         paths[name].parent.mkdir(parents=True, exist_ok=True)
-        lines = [str(root)] + [f"{p.relative_to(root)}\t{manifest_frames(p)}" for p in chosen]
+        lines = [str(root)] + [line for p in chosen if (line := manifest_line(root, p.relative_to(root).as_posix()))]
         paths[name].write_text("\n".join(lines) + "\n")
     log.info("data: %s", ", ".join(f"{k} {len(v)} files" for k, v in splits.items()))
     return paths
