@@ -76,15 +76,15 @@ def test_transformers_distilhubert_layout(tmp_path):
 
 def _cmd(train_setup, out, *extra):
     return ["distill", "--method", "distilhubert", "--teacher", str(train_setup / "teacher"), "--train", str(train_setup / "train.tsv"),
-            "--valid", str(train_setup / "valid.tsv"), "--config", str(train_setup / "distill.yaml"), "--out", str(out),
+            "--valid", str(train_setup / "valid.tsv"), "--out", str(out), "--set", "num_workers=0", "--set", "log_every=1",
             "--set", "distil_targets=[1,2,3]", "--set", "max_batch_samples=64000", "--set", "max_sample_size=16000",
             "--set", "min_sample_size=4000", *extra]
 
 
 @pytest.mark.slow
 def test_train_export_and_resume(train_setup, tmp_path, capsys):
-    assert main(_cmd(train_setup, tmp_path / "run", "--set", "max_steps=30", "--set", "valid_every=15", "--set", "lr=2e-3",
-                     "--set", "warmup=0.1")) == 0
+    settings = ("--set", "lr=2e-3", "--set", "warmup=0.1")
+    assert main(_cmd(train_setup, tmp_path / "run", "--set", "max_steps=30", "--set", "valid_every=15", *settings)) == 0
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     valid = [r["loss"]["student"] for r in log if r["type"] == "valid"]
     assert len(valid) == 2 and valid[1] < valid[0]
@@ -109,7 +109,7 @@ def test_train_export_and_resume(train_setup, tmp_path, capsys):
     torch.testing.assert_close(torch.stack(compact(wav).hidden_states), torch.stack(ours), atol=1e-5, rtol=0)
 
     capsys.readouterr()
-    assert main(_cmd(train_setup, tmp_path / "run", "--set", "max_steps=32", "--resume")) == 0
+    assert main(_cmd(train_setup, tmp_path / "run", "--set", "max_steps=32", "--resume", *settings)) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 32
 
 

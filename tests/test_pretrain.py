@@ -8,11 +8,12 @@ import pytest
 import torch
 import yaml
 
-from lighthubert import checkpoint, cli, pretrain
-from lighthubert.data import AudioDataset, synthetic_speech
+from lighthubert import checkpoint, cli
+from lighthubert.data import AudioDataset, Batch, synthetic_speech
 from lighthubert.model import ModelConfig
 from lighthubert.probes import mfcc
-from lighthubert.trainer import DistillConfig
+from lighthubert.recipes import RunConfig
+from lighthubert.recipes import hubert as pretrain
 
 HUBERT_CONV = [[32, 10, 5]] + [[32, 3, 2]] * 4 + [[32, 2, 2]] * 2  # HuBERT's frames (400 / 320) at 32 channels
 TEACHER = {"conv_layers": HUBERT_CONV, "embed_dim": 64, "heads": [2, 2], "ffn_dim": [128, 128], "head_dim": 32,
@@ -41,11 +42,11 @@ def test_kmeans_keeps_every_cluster_in_use():
 
 
 def test_units_align_with_the_model_frames(train_setup):
-    cfg = DistillConfig.from_dict({**SETTINGS, "method": "hubert"})
-    recipe = pretrain.HuBERTRecipe(cfg, AudioDataset(train_setup / "train.tsv", min_samples=4000), progress=False)
+    recipe = RunConfig.from_dict({**SETTINGS, "method": "hubert"}).build()
+    student = recipe.build(AudioDataset(train_setup / "train.tsv", min_samples=4000), torch.device("cpu"), False)
     wav = torch.stack([synthetic_speech(0.77, 120.0, seed=1), synthetic_speech(0.77, 200.0, seed=2)])
-    units = recipe.targets(None, wav)
-    student = recipe.build_student(None, None)
+    batch = Batch(wav, None, [0, 1])
+    units = recipe.targets(batch)
     out = student(wav)
     assert units.shape == out.hidden_states[-1].shape[:2] == (2, 1 + (wav.size(1) - 400) // 320)
     assert units.dtype == torch.int64 and 0 <= units.min() and units.max() < 8
@@ -53,7 +54,7 @@ def test_units_align_with_the_model_frames(train_setup):
     # the units are the nearest centroids of the standardised MFCC frames
     z = (mfcc(wav[0]) - recipe.units.mean) / recipe.units.std
     assert torch.equal(units[0], torch.cdist(z, recipe.units.centroids).argmin(-1))
-    loss = recipe.loss(student, student, None, wav, units, torch.Generator().manual_seed(0))
+    loss = recipe.loss(student, student, None, batch, units, torch.Generator().manual_seed(0))
     assert loss.ndim == 0 and 1.0 < loss.item() < 4.0  # about ln(8) = 2.08 at random init
 
 
@@ -77,8 +78,8 @@ def test_pretrain_teacher_learns_and_writes_a_fairseq_teacher(train_setup, tmp_p
     kind, teacher = checkpoint.load_with_format(ckpt)
     assert kind == "fairseq" and teacher.cfg.depth == 2 and teacher.cfg.extractor_mode == "default"
     # the loaded teacher computes what the trained model computed
-    recipe = pretrain.HuBERTRecipe(DistillConfig.from_dict({**SETTINGS, "method": "hubert"}), None, progress=False)
-    trained = recipe.build_student(None, None)
+    recipe = RunConfig.from_dict({**SETTINGS, "method": "hubert"}).build()
+    trained = recipe.build(None, torch.device("cpu"), False)
     recipe.restore(trained, raw, str(ckpt))
     wav = synthetic_speech(1.0, 150.0).unsqueeze(0)
     with torch.no_grad():
@@ -123,7 +124,7 @@ def test_distill_still_needs_a_teacher(train_setup, tmp_path, capsys):
 
 
 def test_teacher_shape_defaults_to_hubert_base():
-    recipe = pretrain.HuBERTRecipe(DistillConfig(method="hubert"), None, progress=False)
+    recipe = RunConfig.from_dict({"method": "hubert"}).build()
     cfg = recipe.model_cfg
     assert (cfg.embed_dim, cfg.depth, cfg.ffn_dim[0], cfg.extractor_mode, cfg.normalize) == (768, 12, 3072, "default", False)
     assert isinstance(cfg, ModelConfig) and cfg.pred_dim == 0

@@ -216,6 +216,35 @@ def load_model(path: Union[str, Path], subnet: Union[str, SubnetConfig, dict, No
     return model
 
 
+def dense_model(model: HuBERT, subnet: Union[str, SubnetConfig, dict, None] = None) -> tuple[HuBERT, ModelConfig]:
+    """The plain dense model behind any loaded model: a supernet's subnet (default: its active
+    one) exported, a DistilHuBERT student without its heads, or `model` itself."""
+    if isinstance(model, LightHuBERT):
+        return model.export(subnet)
+    if subnet is not None:
+        raise ValueError("a subnet can only be chosen for a supernet checkpoint; this model has a fixed shape")
+    if isinstance(model, DistilHuBERT):  # the prediction heads are for training only
+        return model.without_heads(), model.cfg
+    return model, model.cfg
+
+
+def load_teacher(path: Union[str, Path]) -> HuBERT:
+    """Any model this package loads, as a frozen dense teacher: a supernet at its active subnet
+    (exported, so its widths are the subnet's), a DistilHuBERT without heads; eval mode, no
+    layerdrop, no gradients.
+
+    Raises:
+        CheckpointError: unreadable, or with non-finite weights (a teacher that would turn every
+            target into NaN).
+    """
+    teacher, _ = dense_model(load_model(path))
+    bad = [k for k, v in teacher.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: the teacher has non-finite weights ({len(bad)} tensors, e.g. {bad[0]})")
+    teacher.encoder.layerdrop = 0.0
+    return teacher.eval().requires_grad_(False)
+
+
 def load_with_format(path: Union[str, Path]):
     """`load_model` without a subnet choice, also returning which of `FORMATS` the file was."""
     path = Path(path)
@@ -236,6 +265,13 @@ def model_from_dict(ckpt: dict[str, Any], source: str) -> tuple[str, HuBERT, lis
               "torchaudio": _load_torchaudio}[kind]
     model, dropped = loader(ckpt, source)
     return kind, model, dropped
+
+
+def restore_weights(model: torch.nn.Module, ckpt: dict[str, Any], source: str) -> None:
+    """Loads the weights of an already read checkpoint dict (any format `load` reads) into
+    `model` strictly, e.g. a training run's own checkpoint on --resume."""
+    _, loaded, _ = model_from_dict(ckpt, source)
+    load_state(model, loaded.state_dict(), source)
 
 
 def _dense(cfg: ModelConfig, state: dict[str, Tensor], source: str) -> HuBERT:

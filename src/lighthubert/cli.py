@@ -20,7 +20,8 @@ from .extract import extract_files
 from .model import HuBERT
 from .space import SearchSpace, SubnetConfig, count_macs, count_subnet_params, format_count, format_table
 from .supernet import LightHuBERT
-from .trainer import DistillConfig, Trainer, TrainingError
+from .recipes import RunConfig
+from .trainer import Trainer, TrainingError
 
 log = logging.getLogger("lighthubert")
 
@@ -133,13 +134,14 @@ def cmd_distill(args: argparse.Namespace) -> int:
     """`distill` and `pretrain-teacher` (method hubert, no teacher): one trainer behind both."""
     pretrain = args.command == "pretrain-teacher"
     if pretrain:  # the method first, so that a --set method=... contradicting it is reported below
-        overrides = ("method=hubert",) + tuple(args.set or ())
+        cfg = RunConfig.from_yaml(args.config, ("method=hubert",) + tuple(args.set or ()))
+        if cfg.method != "hubert":
+            raise ValueError(f"pretrain-teacher trains with method hubert; the settings say {cfg.method!r}")
     else:
-        flags = (("stage", args.stage), ("method", args.method))
-        overrides = tuple(args.set or ()) + tuple(f"{k}={v}" for k, v in flags if v is not None)
-    cfg = DistillConfig.from_yaml(args.config, overrides)
-    if pretrain and cfg.method != "hubert":
-        raise ValueError(f"pretrain-teacher trains with method hubert; the config says {cfg.method!r}")
+        flags = {k: v for k, v in (("stage", args.stage), ("method", args.method)) if v is not None}
+        cfg = RunConfig.from_yaml(args.config, tuple(args.set or ()), **flags)
+        if cfg.method == "hubert":
+            raise ValueError("method hubert pre-trains a teacher: run `lighthubert pretrain-teacher`")
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
@@ -149,10 +151,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not args.resume and any(out.glob("step-*.pt")):
         raise ValueError(f"{out} already holds checkpoints; pass --resume to continue that run or choose another --out")
-    ctx = distributed.init(cfg.device)
+    ctx = distributed.init(cfg.train.device)
     try:
-        trainer = Trainer(cfg, None if pretrain else args.teacher, args.train, args.valid, args.out,
-                          init=None if pretrain else args.init, ctx=ctx)
+        recipe = cfg.build(teacher=None if pretrain else args.teacher, init=None if pretrain else args.init)
+        trainer = Trainer(recipe, cfg.train, args.train, args.valid, args.out, ctx=ctx)
         if args.resume and not trainer.resume():
             log.info("--resume: no checkpoint in %s yet, starting from scratch", out)
         summary = trainer.fit()
@@ -263,7 +265,7 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train", help="training manifest (.tsv)")
     p.add_argument("--valid", help="validation manifest (.tsv)")
     p.add_argument("--out", help="run folder: config.yaml, log.jsonl, step-N.pt checkpoints")
-    p.add_argument("--config", help="YAML file of DistillConfig settings (see --print-config)")
+    p.add_argument("--config", help="YAML file of settings, sectioned (trainer:, recipe:) or flat (see --print-config)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--print-config", action="store_true", help="print the effective config as YAML and exit")

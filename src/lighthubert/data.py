@@ -91,8 +91,13 @@ def _first_line(e: BaseException) -> str:
 
 
 def normalize(wav: Tensor) -> Tensor:
-    """Zero mean, unit variance per utterance: s3prl's `F.layer_norm(wav, wav.shape)`."""
-    return F.layer_norm(wav, wav.shape)
+    """Zero mean, unit variance per utterance: s3prl's `F.layer_norm(wav, wav.shape)` on each
+    (N,) waveform, and on each row of a (B, N) batch of whole (unpadded) utterances.
+
+    Over the last axis only: `F.layer_norm(batch, batch.shape)` would normalise a whole batch
+    at once, so an utterance's input would depend on the others in its batch.
+    """
+    return F.layer_norm(wav, wav.shape[-1:])
 
 
 def collate(wavs: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -330,29 +335,33 @@ class BucketBatchSampler(Sampler[list[int]]):
         shuffle: shuffle the batch order each epoch; otherwise shortest batches first.
         drop_last: drop rather than repeat batches to make the count a multiple of R.
         max_crop: cap on sizes when batching, for a collate that crops to this many samples.
+        even: give every rank the same number of batches (training under DDP needs it);
+            False shards every batch exactly once, for evaluation that counts each utterance once.
 
     Raises:
         ValueError: a bad rank or budget, an utterance over budget, or no batch for this rank.
     """
 
     def __init__(self, sizes: Sequence[int], max_batch_samples: int, seed: int, num_replicas: int = 1, rank: int = 0,
-                 shuffle: bool = True, drop_last: bool = True, max_crop: Optional[int] = None) -> None:
+                 shuffle: bool = True, drop_last: bool = True, max_crop: Optional[int] = None, even: bool = True) -> None:
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in 0..num_replicas-1 with num_replicas >= 1, got rank {rank} of {num_replicas}")
         if max_batch_samples < 1:
             raise ValueError(f"max_batch_samples must be positive, got {max_batch_samples}")
         self.batches = batch_by_size(sizes, max_batch_samples, max_crop)
         self.seed, self.num_replicas, self.rank = seed, num_replicas, rank
-        self.shuffle, self.drop_last = shuffle, drop_last
+        self.shuffle, self.drop_last, self.even = shuffle, drop_last, even
         self.epoch = 0
         self._resume: Optional[tuple[int, int]] = None  # (epoch, batches to skip) for the next __iter__
-        if len(self) == 0:
+        if even and len(self) == 0:
             raise ValueError(f"{len(self.batches)} batch(es) for {num_replicas} ranks leaves none per rank; "
                              "lower max_batch_samples, add data or set drop_last=False")
 
     def __len__(self) -> int:
         """Batches per rank in a full epoch (also after `set_position`, which only skips)."""
         n, r = len(self.batches), self.num_replicas
+        if not self.even:  # every batch once: ranks below n % r take one more
+            return len(range(self.rank, n, r))
         return n // r if self.drop_last else -(-n // r)
 
     def set_epoch(self, epoch: int) -> None:
@@ -374,8 +383,9 @@ class BucketBatchSampler(Sampler[list[int]]):
         order = list(range(len(self.batches)))
         if self.shuffle:
             random.Random(self.seed + self.epoch).shuffle(order)
-        total = len(self) * self.num_replicas
-        order = [order[k % len(order)] for k in range(total)]  # drop the tail, or repeat from the head
+        if self.even:
+            total = len(self) * self.num_replicas
+            order = [order[k % len(order)] for k in range(total)]  # drop the tail, or repeat from the head
         skip = self._resume[1] if self._resume and self._resume[0] == self.epoch else 0
         self._resume = None
         # A list, not a generator, so the resume offset is consumed when iteration starts.
@@ -419,6 +429,39 @@ class CropCollate:
         offsets = [int(rng.integers(0, it["wav"].numel() - length + 1)) for it in good]
         wav = torch.stack([it["wav"][o : o + length] for it, o in zip(good, offsets)])
         return {"wav": wav, "indices": [it["index"] for it in good], "skipped": skipped}
+
+
+@dataclass
+class Batch:
+    """One training or validation batch, as the trainer hands it to a recipe."""
+
+    wav: Tensor  # (B, N) float32 audio, raw (recipes normalise for models that expect it)
+    lengths: Optional[Tensor]  # (B,) valid samples per row; None when every row is whole (crops)
+    indices: list[int]  # dataset indices of the rows
+
+    @property
+    def seconds(self) -> float:
+        """Audio in the batch, in seconds at 16 kHz (valid samples only)."""
+        n = self.wav.numel() if self.lengths is None else int(self.lengths.sum())
+        return n / SAMPLE_RATE
+
+    def to(self, device: torch.device) -> "Batch":
+        lengths = None if self.lengths is None else self.lengths.to(device)
+        return Batch(self.wav.to(device), lengths, self.indices)
+
+
+def validation_batches(dataset: "AudioDataset", max_batch_samples: int, max_sample_size: int, seed: int,
+                       replicas: int = 1, rank: int = 0) -> Iterator[tuple[int, Batch]]:
+    """Validation batches in a fixed order, each utterance on exactly one rank: (batch index,
+    batch); batches whose files were all unusable are left out. Masks seeded by the index make
+    losses comparable across validations and subnets."""
+    sampler = BucketBatchSampler(dataset.sizes, max_batch_samples, seed, replicas, rank, shuffle=False,
+                                 max_crop=max_sample_size, even=False)
+    collate = CropCollate(max_sample_size, seed)
+    for k, indices in enumerate(sampler):  # unshuffled: rank r holds batches r, r + R, ...
+        out = collate([dataset[i] for i in indices])
+        if out["wav"] is not None:
+            yield rank + k * replicas, Batch(out["wav"], None, out["indices"])
 
 
 class SkipCounter:

@@ -29,7 +29,8 @@ from . import checkpoint, corpus, probes, search
 from .data import manifest_line
 from .model import HuBERT
 from .space import count_macs, count_params, format_count, format_table
-from .trainer import DistillConfig, Trainer
+from .recipes import RunConfig
+from .trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +137,14 @@ def prepare_data(cfg: DemoConfig, out: Path) -> dict[str, Path]:
 def _train(run: Path, teacher: Optional[Path], data: dict[str, Path], settings: dict[str, Any],
            init: Optional[Path] = None) -> tuple[Path, dict[str, float]]:
     """One Trainer run into `run`, or its finished result: (last checkpoint, validation losses)."""
-    cfg = DistillConfig.from_dict(settings)
-    done = run / f"step-{cfg.max_steps}.pt"
+    cfg = RunConfig.from_dict(settings)
+    done = run / f"step-{cfg.train.max_steps}.pt"
     summary = run / "summary.json"
     if done.is_file() and summary.is_file():
         log.info("%s: done already", run)
         return done, json.loads(summary.read_text())["valid"]
-    trainer = Trainer(cfg, str(teacher) if teacher else None, str(data["train"]), str(data["valid"]), str(run),
-                      init=str(init) if init else None)
+    recipe = cfg.build(teacher=str(teacher) if teacher else None, init=str(init) if init else None)
+    trainer = Trainer(recipe, cfg.train, str(data["train"]), str(data["valid"]), str(run))
     trainer.resume()
     result = trainer.fit()
     summary.write_text(json.dumps(result))

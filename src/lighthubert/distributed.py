@@ -86,6 +86,25 @@ def mean(value: float, ctx: Context) -> float:
     return float(t.item()) / ctx.world_size
 
 
+def mean_tensor(t: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """The element-wise mean of a tensor over all processes (a copy; `t` is left as it is)."""
+    if ctx.world_size == 1:
+        return t.clone()
+    out = t.detach().clone()
+    dist.all_reduce(out)
+    return out / ctx.world_size
+
+
+def gather_object(obj: object, ctx: Context) -> list:
+    """Every process's `obj` on rank 0, in rank order (other ranks get an empty list); e.g. the
+    RNG states a checkpoint keeps for each rank."""
+    if ctx.world_size == 1:
+        return [obj]
+    out = [None] * ctx.world_size if ctx.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out if ctx.is_main else []
+
+
 def barrier(ctx: Context) -> None:
     if ctx.world_size > 1:
         dist.barrier()

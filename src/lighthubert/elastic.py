@@ -86,8 +86,8 @@ class ElasticLinear(nn.Linear):
         flat = x.reshape(-1, x.size(-1))
         y = F.linear(flat[:, : cols[0][1]], self.weight[:out, cols[0][0] : cols[0][1]], None if self.bias is None else self.bias[:out])
         start = cols[0][1]
-        for a, b in cols[1:]:
-            y.addmm_(flat[:, start : start + b - a], self.weight[:out, a:b].t())
+        for a, b in cols[1:]:  # in-place products are not autocast: the weight takes y's dtype
+            y.addmm_(flat[:, start : start + b - a].to(y.dtype), self.weight[:out, a:b].t().to(y.dtype))
             start += b - a
         return y.view(*x.shape[:-1], out)
 

@@ -20,25 +20,13 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from . import checkpoint, convert
-from .model import DistilHuBERT, HuBERT, ModelConfig
+from .model import HuBERT, ModelConfig
 from .space import SubnetConfig
 from .supernet import LightHuBERT
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("compact", "hf", "onnx", "official")
-
-
-def dense_model(model: HuBERT, subnet: Union[str, SubnetConfig, dict, None] = None) -> tuple[HuBERT, ModelConfig]:
-    """The dense model to export: a supernet's subnet (default: its active one), a DistilHuBERT
-    student without its heads, or `model` itself."""
-    if isinstance(model, LightHuBERT):
-        return model.export(subnet)
-    if subnet is not None:
-        raise ValueError("a subnet can only be chosen for a supernet checkpoint; this model has a fixed shape")
-    if isinstance(model, DistilHuBERT):  # the prediction heads are for training only
-        return model.without_heads(), model.cfg
-    return model, model.cfg
 
 
 def export_subnet(
@@ -64,7 +52,7 @@ def export_subnet(
             model.set_subnet(subnet)
         checkpoint.save_file(checkpoint.official_checkpoint(model), output)
         return output
-    dense, cfg = dense_model(model, subnet)
+    dense, cfg = checkpoint.dense_model(model, subnet)
     dense = dense.eval()
     if fmt == "compact":
         save_compact(dense, cfg, output, dtype, model.subnet if isinstance(model, LightHuBERT) else None)

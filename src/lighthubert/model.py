@@ -132,8 +132,9 @@ class ConvBlock(nn.Module):
             win = x.as_strided((bsz, t, k * c), (x.stride(0), s * c, 1))
             y = F.linear(win, w.permute(0, 2, 1).reshape(w.size(0), k * c), b)
         else:  # overlapping windows: one product per kernel tap, accumulated in place
-            taps = w.permute(2, 1, 0)  # (k, C_in, C_out)
-            y = x.new_zeros(bsz, t, w.size(0)) if b is None else b.expand(bsz, t, -1).contiguous()
+            dtype = _compute_dtype(x)  # in-place products are not autocast: cast by hand
+            x, taps = x.to(dtype), w.permute(2, 1, 0).to(dtype)  # taps (k, C_in, C_out)
+            y = x.new_zeros(bsz, t, w.size(0)) if b is None else b.to(dtype).expand(bsz, t, -1).contiguous()
             for j in range(k):
                 y.baddbmm_(x[:, j : j + s * (t - 1) + 1 : s], taps[j].expand(bsz, -1, -1))
         if isinstance(self.norm, nn.LayerNorm):  # in float32, as fairseq's Fp32LayerNorm
@@ -155,6 +156,13 @@ class ConvBlock(nn.Module):
         mean = (y * valid).sum(1, keepdim=True) / count
         var = ((y - mean).square() * valid).sum(1, keepdim=True) / count
         return (y - mean) * torch.rsqrt(var + self.norm.eps) * self.norm.weight.float() + self.norm.bias.float()
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype an autocast region computes matrix products in, or `x`'s own outside one."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
 
 
 class FeatureExtractor(nn.Module):
@@ -460,6 +468,28 @@ class DistilHuBERT(HuBERT):
         dense = HuBERT(self.cfg).to(self.mask_emb)
         dense.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith("output_layer.")})
         return dense.train(self.training)
+
+
+FRONT_END = ("feature_extractor.", "layer_norm.", "post_extract_proj.")  # keys fed by the waveform's features
+
+
+def matching_state(source: HuBERT, target: HuBERT) -> dict[str, Tensor]:
+    """The tensors of `source` that mean the same in `target`, to initialise it from them.
+
+    A tensor is taken when its key and shape match and, for the front end (the conv layers,
+    the feature LayerNorm and `post_extract_proj`), when both models read the same input the
+    same way: the same `extractor_mode` (HuBERT Base's block-0 GroupNorm and a LayerNorm
+    share a key and a shape but not a meaning), the same conv layers and bias, and the same
+    input normalisation (conv weights learnt on raw audio do not fit normalised audio). The
+    positional conv, `mask_emb` and the Transformer layers work in the embedding space and
+    are taken whenever the shapes match; prediction heads never are.
+    """
+    s, t = source.cfg, target.cfg
+    same_front = (s.extractor_mode, s.conv_layers, s.conv_bias, s.normalize) == (t.extractor_mode, t.conv_layers, t.conv_bias, t.normalize)
+    own = target.state_dict()
+    return {k: v for k, v in source.state_dict().items()
+            if k in own and own[k].shape == v.shape and not k.startswith("layer_pred_heads.")
+            and (same_front or not k.startswith(FRONT_END))}
 
 
 class _GradScale(torch.autograd.Function):

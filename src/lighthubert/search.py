@@ -23,11 +23,11 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .data import AudioDataset
+from .data import AudioDataset, Batch, validation_batches
 from .model import HuBERT
+from .recipes.lighthubert import LightHuBERTDistillConfig, LightHuBERTRecipe
 from .space import SearchSpace, SubnetConfig, count_macs, count_subnet_params, format_count, format_table
 from .supernet import LightHuBERT
-from .trainer import DistillConfig, LightHuBERTRecipe, validation_batches
 
 log = logging.getLogger(__name__)
 
@@ -172,18 +172,19 @@ class Fitness:
             raise ValueError(f"target_layers {cfg.target_layers} exceeds the teacher's {teacher.cfg.depth} layers")
         self.model, self.cfg = model, cfg
         device = model.mask_emb.device
-        distill = DistillConfig(stage=2, target_layers=cfg.target_layers, mask_prob=cfg.mask_prob,
-                                mask_length=cfg.mask_length, loss_on=cfg.loss_on, seed=cfg.seed)
-        self.recipe = LightHuBERTRecipe(distill, teacher)
+        distill = LightHuBERTDistillConfig(stage=2, target_layers=cfg.target_layers, mask_prob=cfg.mask_prob,
+                                           mask_length=cfg.mask_length, loss_on=cfg.loss_on)
+        self.recipe = LightHuBERTRecipe(distill, teacher, seed=cfg.seed)
         dataset = AudioDataset(valid_tsv, min_samples=cfg.min_sample_size)
         if len(dataset) == 0:
             raise ValueError(f"{valid_tsv}: no validation utterance of at least {cfg.min_sample_size} samples")
-        self.batches: list[tuple[int, Tensor, Tensor]] = []  # (batch index, wav, teacher target)
-        for b, wav in validation_batches(dataset, cfg.max_batch_samples, cfg.max_sample_size, cfg.seed):
+        self.batches: list[tuple[int, Batch, Tensor]] = []  # (batch index, batch, teacher target)
+        for b, batch in validation_batches(dataset, cfg.max_batch_samples, cfg.max_sample_size, cfg.seed):
             if cfg.valid_batches and b >= cfg.valid_batches:
                 break
-            wav = wav.to(device)
-            self.batches.append((b, wav, self.recipe.targets(teacher, wav)))
+            batch = batch.to(device)
+            with torch.no_grad():
+                self.batches.append((b, batch, self.recipe.targets(batch)))
         if not self.batches:
             raise ValueError(f"{valid_tsv}: no readable validation audio")
         self.cache: dict[SubnetConfig, float] = {}
@@ -193,11 +194,11 @@ class Fitness:
         if sub not in self.cache:
             self.model.eval()
             total, count = 0.0, 0
-            for b, wav, target in self.batches:
+            for b, batch, target in self.batches:
                 gen = torch.Generator().manual_seed(self.cfg.seed + b)
-                loss = self.recipe.loss(self.model, self.model, sub, wav, target, gen)
-                total += loss.item() * wav.size(0)
-                count += wav.size(0)
+                loss = self.recipe.loss(self.model, self.model, sub, batch, target, gen)
+                total += loss.item() * batch.wav.size(0)
+                count += batch.wav.size(0)
             self.cache[sub] = total / count
         return self.cache[sub]
 

@@ -4,9 +4,9 @@ Hsu et al. (2021), first iteration: cluster 39-dim MFCC frames (13 cepstra, delt
 delta-deltas) with k-means, then train a HuBERT to predict each masked frame's cluster from
 the unmasked context. The loss is fairseq's: project the last layer (`final_proj`), take the
 cosine similarity with one embedding per unit (`label_embs_concat`) over a temperature of 0.1,
-and apply cross entropy over the masked frames. The recipe plugs into `trainer.Trainer` (data,
-schedule, checkpoints, resume and DDP are shared) and the checkpoint is a fairseq HuBERT
-`.pt`, so every command that takes a teacher reads it.
+and apply cross entropy over the masked frames. The recipe is the `hubert` method of `trainer.Trainer`
+(data, schedule, checkpoints, resume and DDP are shared; `lighthubert pretrain-teacher`) and
+the checkpoint is a fairseq HuBERT `.pt`, so every command that takes a teacher reads it.
 
 The units live on HuBERT's 50 Hz grid: `probes.mfcc` frames are the conv front end's frames
 one for one, which needs the standard front end's 400-sample receptive field and 320 hop.
@@ -15,8 +15,8 @@ one for one, which needs the standard front end's 400-sample receptive field and
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 import torch
@@ -24,14 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from . import checkpoint, convert
-from .data import AudioDataset
-from .losses import span_mask
-from .model import Features, HuBERT, ModelConfig
-from .probes import mfcc
-
-if TYPE_CHECKING:
-    from .trainer import DistillConfig
+from .. import checkpoint, convert
+from ..data import AudioDataset, Batch
+from ..losses import span_mask
+from ..model import Features, HuBERT, ModelConfig
+from ..probes import mfcc
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +136,35 @@ class UnitPredictor(HuBERT):
         return out._replace(prediction=logits)
 
 
+@dataclass
+class HuBERTPretrainConfig:
+    """Settings of HuBERT pre-training (the `hubert` method, `lighthubert pretrain-teacher`)."""
+
+    model: dict = field(default_factory=dict)  # the teacher's ModelConfig fields over HuBERT Base's shape (TEACHER_DEFAULTS)
+    clusters: int = 100  # k-means units of the MFCC frames (HuBERT iteration 1: 100)
+    kmeans_frames: int = 250_000  # MFCC frames (50 per second) clustered, from files drawn at random
+    final_dim: int = 256  # width of final_proj and of the unit embeddings
+    logit_temp: float = 0.1  # temperature of the cosine logits
+    loss_on: str = "masked"  # masked: cross entropy on masked frames only | all: every frame
+    mask_prob: float = 0.8  # span-mask start probability (fairseq hubert_base_librispeech.yaml)
+    mask_length: int = 10  # span length in frames
+
+    def __post_init__(self) -> None:
+        if self.loss_on not in ("masked", "all"):
+            raise ValueError(f"loss_on must be one of ['masked', 'all'], got {self.loss_on!r}")
+        for name, low in (("clusters", 2), ("kmeans_frames", 2), ("final_dim", 1), ("mask_length", 1)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be at least {low}, got {getattr(self, name)}")
+        if self.kmeans_frames < self.clusters:
+            raise ValueError(f"kmeans_frames ({self.kmeans_frames}) must be at least clusters ({self.clusters})")
+        if not self.logit_temp > 0:
+            raise ValueError(f"logit_temp must be positive, got {self.logit_temp}")
+        if not 0 <= self.mask_prob <= 1:
+            raise ValueError(f"mask_prob must be in [0, 1], got {self.mask_prob}")
+        if self.loss_on == "masked" and self.mask_prob == 0:
+            raise ValueError("loss_on masked needs masks: raise mask_prob above 0 or use loss_on=all")
+
+
 class HuBERTRecipe:
     """HuBERT iteration 1 as a `Trainer` recipe: no teacher; the targets are MFCC k-means units.
 
@@ -146,14 +172,20 @@ class HuBERTRecipe:
     seeded sample of files) unless a resumed checkpoint brought them.
     """
 
-    @property
-    def find_unused_parameters(self) -> bool:
-        """Layerdrop leaves whole layers out of a step (DDP must be told); no masking leaves `mask_emb` out."""
-        return self.model_cfg.layerdrop > 0 or self.cfg.mask_prob <= 0
+    name: ClassVar[str] = "hubert"
+    description: ClassVar[str] = "hubert"
+    Settings: ClassVar[type] = HuBERTPretrainConfig
+    # fairseq hubert_base_librispeech.yaml: 8% warm-up then linear decay, crops of 250,000 samples.
+    trainer_defaults: ClassVar[dict] = {"schedule": "linear", "warmup": 0.08, "hold": 0.0, "max_sample_size": 250_000}
 
-    def __init__(self, cfg: "DistillConfig", train_set: AudioDataset, progress: bool = True) -> None:
-        self.cfg, self.train_set, self.progress = cfg, train_set, progress
-        self.model_cfg = ModelConfig.from_dict({**ModelConfig().asdict(), **TEACHER_DEFAULTS, **cfg.model})
+    def __init__(self, settings: HuBERTPretrainConfig, teacher: Optional[str] = None, init: Optional[str] = None,
+                 seed: int = 1) -> None:
+        if teacher:
+            raise ValueError("method hubert pre-trains a teacher from MFCC units; it takes no teacher")
+        if init:
+            raise ValueError("pretrain-teacher starts from random weights; --init is not supported (use --resume)")
+        self.settings, self.seed = settings, seed
+        self.model_cfg = ModelConfig.from_dict({**ModelConfig().asdict(), **TEACHER_DEFAULTS, **settings.model})
         receptive, hop = 1, 1
         for _, kernel, stride in self.model_cfg.conv_layers:
             receptive, hop = receptive + (kernel - 1) * hop, hop * stride
@@ -161,11 +193,21 @@ class HuBERTRecipe:
             raise ValueError(f"model.conv_layers give frames of {receptive} samples every {hop}; the MFCC units need "
                              f"HuBERT's {MFCC_RECEPTIVE_FIELD} every {MFCC_HOP} (kernels 10,3,3,3,3,2,2, strides 5,2,...)")
         self.units: Optional[Units] = None
+        self.train_set: Optional[AudioDataset] = None
+        self.progress = False
 
-    def build_student(self, teacher: None, init: Optional[str]) -> UnitPredictor:
-        if init:
-            raise ValueError("pretrain-teacher starts from random weights; --init is not supported (use --resume)")
-        return UnitPredictor(self.model_cfg, self.cfg.clusters, self.cfg.final_dim, self.cfg.logit_temp)
+    @property
+    def find_unused_parameters(self) -> bool:
+        """Layerdrop leaves whole layers out of a step (DDP must be told)."""
+        return self.model_cfg.layerdrop > 0
+
+    def build(self, train_set: AudioDataset, device: torch.device, progress: bool) -> UnitPredictor:
+        self.train_set, self.progress = train_set, progress
+        s = self.settings
+        student = UnitPredictor(self.model_cfg, s.clusters, s.final_dim, s.logit_temp)
+        if s.mask_prob <= 0:  # never masked: nothing trains mask_emb (and DDP would wait for it)
+            student.mask_emb.requires_grad_(False)
+        return student
 
     def subnets(self, step: int) -> list[None]:
         return [None]
@@ -173,29 +215,31 @@ class HuBERTRecipe:
     def valid_subnets(self) -> dict[str, None]:
         return {"teacher": None}
 
-    def targets(self, teacher: None, wav: Tensor) -> Tensor:
+    def targets(self, batch: Batch) -> Tensor:
         if self.units is None:
-            self.units = fit_units(self.train_set, self.cfg.clusters, self.cfg.kmeans_frames, self.cfg.seed, self.progress)
-        return self.units.assign(wav)
+            if self.train_set is None:
+                raise RuntimeError("HuBERTRecipe.build must run before targets (it brings the training set)")
+            s = self.settings
+            self.units = fit_units(self.train_set, s.clusters, s.kmeans_frames, self.seed, self.progress)
+        return self.units.assign(batch.wav)
 
-    def loss(self, model: nn.Module, student: UnitPredictor, sub: None, wav: Tensor, target: Tensor,
+    def loss(self, model: nn.Module, student: UnitPredictor, sub: None, batch: Batch, target: Tensor,
              generator: torch.Generator) -> Tensor:
         """Cross entropy of the units of the masked frames (of all frames with loss_on=all)."""
-        mask = span_mask(wav.size(0), target.size(1), self.cfg.mask_prob, self.cfg.mask_length, generator).to(wav.device)
-        logits = model(wav, mask=mask if self.cfg.mask_prob > 0 else None).prediction
-        if self.cfg.loss_on == "masked":
-            if not mask.any():
-                raise ValueError("the loss mask selects no frame; raise mask_prob or use loss_on=all")
-            return F.cross_entropy(logits[mask], target[mask])
-        return F.cross_entropy(logits.flatten(0, 1), target.flatten())
+        s, wav = self.settings, batch.wav
+        mask = span_mask(wav.size(0), target.size(1), s.mask_prob, s.mask_length, generator).to(wav.device)
+        logits = model(wav, mask=mask if s.mask_prob > 0 else None).prediction
+        if s.loss_on == "masked":
+            return F.cross_entropy(logits[mask].float(), target[mask])
+        return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten())
 
     def save(self, student: UnitPredictor) -> dict[str, Any]:
         """A fairseq HuBERT checkpoint (`cfg.model._name: hubert`) with the head and the codebook."""
-        m = student.cfg
+        m, s = student.cfg, self.settings
         state = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
         heads = {k: state.pop(k) for k in ("final_proj.weight", "final_proj.bias", "label_embs_concat")}
-        model_cfg = convert.fairseq_config(m, dropout=m.dropout, final_dim=self.cfg.final_dim, logit_temp=self.cfg.logit_temp,
-                                           label_rate=50, mask_prob=self.cfg.mask_prob, mask_length=self.cfg.mask_length)
+        model_cfg = convert.fairseq_config(m, dropout=m.dropout, final_dim=s.final_dim, logit_temp=s.logit_temp,
+                                           label_rate=50, mask_prob=s.mask_prob, mask_length=s.mask_length)
         return {"cfg": {"model": model_cfg,
                         "task": {"_name": "hubert_pretraining", "normalize": m.normalize, "sample_rate": 16000,
                                  "labels": ["km"], "label_rate": 50}},
@@ -208,4 +252,3 @@ class HuBERTRecipe:
         checkpoint.load_state(student, state, source)
         if ckpt.get("units"):
             self.units = Units(**ckpt["units"])
-
