@@ -211,7 +211,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     kinds = args.task or ["utterance-classification"]
     settings = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "hidden", "seed", "ctc_epochs", "ctc_lr",
-                                              "lstm_layers", "lstm_dim", "downsample", "threads")}
+                                              "ctc_batch_seconds", "lstm_layers", "lstm_dim", "downsample", "threads")}
     cfg = probes.ProbeConfig(task=kinds[0], **{k: v for k, v in settings.items() if v is not None})
     if len(set(kinds)) < len(kinds):
         raise ValueError(f"--task given twice: {kinds}")
@@ -420,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = r.add_argument_group("sequence (CTC) heads")
     g.add_argument("--ctc-epochs", type=int, help=f"training epochs (default {defaults.ctc_epochs})")
     g.add_argument("--ctc-lr", type=float, help=f"peak Adam learning rate (default {defaults.ctc_lr})")
+    g.add_argument("--ctc-batch-seconds", type=float, help=f"audio per training batch, seconds (default {defaults.ctc_batch_seconds})")
     g.add_argument("--lstm-layers", type=int, help=f"BiLSTM layers; 0 = linear CTC head, SUPERB's PR (default {defaults.lstm_layers})")
     g.add_argument("--lstm-dim", type=int, help=f"LSTM units per direction (default {defaults.lstm_dim})")
     g.add_argument("--downsample", type=int, help=f"frames concatenated before the LSTM (default {defaults.downsample})")

@@ -23,12 +23,12 @@ class ProbeConfig:
     seed: int = 0  # seeds the head's init and the batch order
     max_batch_seconds: float = 60.0  # padded audio per forward pass of the upstream
     threads: int = 1  # torch threads while a head trains (0: leave as set); see `torch_threads`
-    ctc_epochs: int = 4  # sequence heads: passes over the training set
-    ctc_lr: float = 2e-3  # sequence heads: peak Adam learning rate (10% warm-up, then linear decay)
+    ctc_epochs: int = 3  # sequence heads: passes over the training set
+    ctc_lr: float = 5e-3  # sequence heads: peak Adam learning rate (10% warm-up, then linear decay)
     ctc_batch_seconds: float = 100.0  # sequence heads: audio per training batch (padded), seconds
     lstm_layers: int = 1  # sequence heads: BiLSTM layers; 0 = a linear CTC head (SUPERB's PR)
-    lstm_dim: int = 256  # sequence heads: LSTM units per direction (SUPERB's ASR: 2 layers of 1024)
-    downsample: int = 1  # sequence heads: adjacent frames concatenated before the LSTM (s3prl's `concat`)
+    lstm_dim: int = 128  # sequence heads: LSTM units per direction (SUPERB's ASR: 2 layers of 1024)
+    downsample: int = 2  # sequence heads: adjacent frames concatenated before the LSTM (s3prl's `concat`): 25 Hz
     dropout: float = 0.0  # sequence heads: dropout on the LSTM's input and between its layers
 
     def __post_init__(self) -> None:
