@@ -96,6 +96,17 @@ def test_manifest_counts_match_the_files(ten_takes: corpus.Corpus):
             assert (info.frames, info.samplerate, info.channels, info.subtype) == (frames, SAMPLE_RATE, 1, "PCM_16")
 
 
+def test_label_files_follow_each_manifest_line_for_line(ten_takes: corpus.Corpus):
+    """Hand-written: `seven` is spoken as the phones `s e v ^ n`, spelt `S E V E N |`."""
+    for manifest in (ten_takes.train, ten_takes.valid, ten_takes.test):
+        words = [name.split("_")[0] for name in entries(manifest)]
+        assert manifest.with_suffix(".wrd").read_text().splitlines() == [w.upper() for w in words]
+        assert manifest.with_suffix(".ltr").read_text().splitlines() == [" ".join(w.upper()) + " |" for w in words]
+        phones = manifest.with_suffix(".phn").read_text().splitlines()
+        assert len(phones) == len(words) and phones[words.index("seven")] == "s e v ^ n"
+        assert {w: p for w, p in zip(words, phones)}["three"] == "th r i"
+
+
 def test_a_finished_corpus_is_reused_and_a_changed_one_rewritten(tmp_path: Path):
     first = corpus.write_corpus(tmp_path, n_speakers=2, takes=4)
     files = sorted((tmp_path / "audio").iterdir()) + [first.train, first.valid, first.test, tmp_path / "corpus.json"]

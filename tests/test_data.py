@@ -157,7 +157,7 @@ def test_manifest_skips_unreadable_and_rejects_empty_folder(tmp_path, caplog):
     assert [rel for rel, _ in read_manifest(train).entries] == ["good.wav"]
     assert "garbage.wav: skipped, Error opening" in caplog.text and "tab\tname.wav: skipped, a tab" in caplog.text
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no files with extension .flac/.wav"):
+    with pytest.raises(ValueError, match="no files with extension .flac/.ogg/.wav"):
         write_manifest(tmp_path / "empty", tmp_path / "m")
     with pytest.raises(ValueError, match="fraction"):
         write_manifest(tmp_path / "audio", tmp_path / "m", valid_percent=1.5)

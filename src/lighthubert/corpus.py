@@ -29,6 +29,7 @@ from scipy.ndimage import convolve1d
 from scipy.signal import butter, lfilter, sosfilt
 from tqdm import tqdm
 
+from . import transcripts
 from .data import SAMPLE_RATE
 
 FORMAT_VERSION = 1  # bump when the synthesis changes, so cached corpora are regenerated
@@ -250,7 +251,9 @@ def write_corpus(out_dir: Union[str, Path], n_speakers: int = 6, takes: int = 20
                  progress: bool = False) -> Corpus:
     """Writes every take of every word by every speaker, or reuses a complete earlier run.
 
-    Files are `out_dir/audio/{word}_{speaker}_{take}.wav` (16 kHz PCM_16). The split is by take,
+    Files are `out_dir/audio/{word}_{speaker}_{take}.wav` (16 kHz PCM_16). Each manifest gets
+    label files beside it, line for line (see `transcripts`): `.wrd` (the word, upper case),
+    `.ltr` (its letters) and `.phn` (the phones the synthesiser spoke, `_WORD_PHONES`). The split is by take,
     as FSDD's: takes below `max(1, takes // 5)` are test, the next `max(1, takes // 10)` valid,
     the rest train, so every (word, speaker) pair is in every split. `corpus.json`, written
     last, records the parameters; when it matches and every file is there, nothing is written.
@@ -267,7 +270,8 @@ def write_corpus(out_dir: Union[str, Path], n_speakers: int = 6, takes: int = 20
     params = {"version": FORMAT_VERSION, "n_speakers": n_speakers, "takes": takes, "seed": seed}
     jobs = [(w, s, k, f"{w}_{s.name}_{k}.wav") for w in WORDS for s in voices for k in range(takes)]
     manifests = corpus.train, corpus.valid, corpus.test
-    if _read_json(stamp) == params and all(p.is_file() for p in [*manifests, *(audio / j[3] for j in jobs)]):
+    labels = [transcripts.label_path(m, k) for m in manifests for k in transcripts.LABEL_KINDS]
+    if _read_json(stamp) == params and all(p.is_file() for p in [*manifests, *labels, *(audio / j[3] for j in jobs)]):
         return corpus
     if stamp.is_file():  # our own corpus with other parameters: drop the files this one will not overwrite
         stamp.unlink()
@@ -278,13 +282,19 @@ def write_corpus(out_dir: Union[str, Path], n_speakers: int = 6, takes: int = 20
     audio.mkdir(parents=True, exist_ok=True)
     n_test, n_valid = max(1, takes // 5), max(1, takes // 10)
     lines: dict[str, list[str]] = {"train": [str(audio)], "valid": [str(audio)], "test": [str(audio)]}
+    words: dict[str, list[str]] = {split: [] for split in lines}
     for word, voice, take, name in tqdm(jobs, desc="corpus", unit="file", disable=not progress):
         wav = synthesize(word, voice, take, seed)
         sf.write(audio / name, wav, SAMPLE_RATE, subtype="PCM_16")
         split = "test" if take < n_test else "valid" if take < n_test + n_valid else "train"
         lines[split].append(f"{name}\t{len(wav)}")
+        words[split].append(word)
     for path, split in zip(manifests, lines):
         path.write_text("\n".join(lines[split]) + "\n")
+        labels = {"wrd": [w.upper() for w in words[split]], "ltr": [transcripts.letters(w.upper()) for w in words[split]],
+                  "phn": [_WORD_PHONES[w] for w in words[split]]}
+        for kind, rows in labels.items():
+            transcripts.label_path(path, kind).write_text("".join(row + "\n" for row in rows))
     stamp.write_text(json.dumps(params) + "\n")
     return corpus
 

@@ -25,7 +25,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from . import checkpoint, corpus, probes, search
+from . import checkpoint, corpus, probes, search, transcripts
 from .data import manifest_line
 from .model import HuBERT
 from .space import count_macs, count_params, format_count, format_table
@@ -47,6 +47,7 @@ SPACE = {
     "default": {"embed_dim": 144, "heads": [2] * 4, "ffn_dim": [432] * 4},
 }
 AUDIO_EXTENSIONS = ("wav", "flac", "ogg")  # what --data folders are searched for
+PHONEME = "phoneme"  # the phoneme probe's key in report rows: its PER on the test split
 MIN_SAMPLES = 4000  # 0.25 s: shorter utterances give too few frames for span masks
 # LightHuBERT distillation in the demo: the mean of the teacher's last 3 layers, spans of 5 frames.
 DISTIL = {"mask_prob": 0.65, "mask_length": 5, "target_layers": len(TEACHER["heads"]) - 1}
@@ -74,12 +75,15 @@ class DemoConfig:
     population: int = 8  # search: candidates per generation
     generations: int = 4  # search: generations
     probe_epochs: int = 30  # probe head epochs
+    phoneme_epochs: int = 10  # phoneme probe (CTC) epochs; it runs when the manifests have .phn label files
+    phoneme_lstm_layers: int = 0  # phoneme probe: BiLSTM layers of 128; 0 = a linear CTC head (SUPERB's PR)
     seed: int = 0  # corpus, splits, training, search and probes
 
     def __post_init__(self) -> None:
         if not self.labels:
             raise ValueError("labels: give at least one probe, name=regex or name=CSV file")
-        for name in ("teacher_steps", "stage1_steps", "stage2_steps", "population", "generations", "probe_epochs"):
+        for name in ("teacher_steps", "stage1_steps", "stage2_steps", "population", "generations", "probe_epochs",
+                     "phoneme_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.valid_fraction < 1:
@@ -189,7 +193,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
         clock = now
 
     data = prepare_data(cfg, out)
-    probes.check_tasks(data["train"], data["test"], cfg.labels)  # bad labels fail here, before any training
+    probes.check_tasks(data["train"], data["test"], probe_tasks(cfg, data))  # bad labels fail here, before any training
     lap("data")
 
     teacher_ckpt, teacher_valid = _train(out / "teacher", None, data, {
@@ -253,9 +257,11 @@ def _measure(model: Union[HuBERT, str], name: str, cfg: DemoConfig, data: dict[s
     cache = out / "probes" / (re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + ".json")
     if cache.is_file():
         return json.loads(cache.read_text())
-    results = probes.probe_tasks(model, data["train"], data["test"], cfg.labels,
-                                 probes.ProbeConfig(epochs=cfg.probe_epochs, seed=cfg.seed), progress=True)
-    row: dict[str, Any] = {name_: r.accuracy for name_, r in results.items()}
+    settings = probes.ProbeConfig(epochs=cfg.probe_epochs, seed=cfg.seed, ctc_epochs=cfg.phoneme_epochs,
+                                  lstm_layers=cfg.phoneme_lstm_layers, lstm_dim=128, downsample=1, ctc_lr=2e-2,
+                                  ctc_batch_seconds=10.0)
+    results = probes.probe_tasks(model, data["train"], data["test"], probe_tasks(cfg, data), settings, progress=True)
+    row: dict[str, Any] = {name_: r.metrics["accuracy" if name_ != PHONEME else "per"] for name_, r in results.items()}
     if isinstance(model, HuBERT):
         model.eval()
         row.update(shape=_describe(model), params=count_params(model.cfg), macs=count_macs(model.cfg),
@@ -263,6 +269,15 @@ def _measure(model: Union[HuBERT, str], name: str, cfg: DemoConfig, data: dict[s
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(row))
     return row
+
+
+def probe_tasks(cfg: DemoConfig, data: dict[str, Path]) -> dict[str, Union[str, probes.ProbeTask]]:
+    """The demo's probes: one per label set, and the phoneme probe where the train and test
+    manifests have `.phn` label files (the built-in corpus writes them)."""
+    tasks: dict[str, Union[str, probes.ProbeTask]] = dict(cfg.labels)
+    if all(transcripts.label_path(data[split], "phn").is_file() for split in ("train", "test")):
+        tasks[PHONEME] = probes.ProbeTask("phoneme")
+    return tasks
 
 
 def _describe(model: HuBERT) -> str:
@@ -278,16 +293,18 @@ def report_markdown(report: dict[str, Any]) -> str:
     rows, cfg = report["rows"], report["config"]
     tasks = list(cfg["labels"])
     teacher = next(r for r in rows if r["name"].startswith("teacher"))
+    per = PHONEME in teacher
     cols = ["model", "shape", "params", "MACs / 1 s", "CPU ms / 1 s", "valid loss"] + [f"{t} acc" for t in tasks] \
-        + [f"{t} vs teacher" for t in tasks]
+        + (["PER"] if per else []) + [f"{t} vs teacher" for t in tasks] + (["PER vs teacher"] if per else [])
     lines = []
     for r in rows:
         cells = [r["name"], r.get("shape", "-"), f"{r['params']:,}" if "params" in r else "-",
                  format_count(r["macs"]) if "macs" in r else "-",
                  f"{r['latency_ms']:.1f}" if "latency_ms" in r else "-",
                  f"{r['valid_loss']:.4f}" if r.get("valid_loss") is not None else "-"]
-        cells += [f"{r[t]:.3f}" for t in tasks]
+        cells += [f"{r[t]:.3f}" for t in tasks] + ([f"{100 * r[PHONEME]:.1f}%"] if per else [])
         cells += [f"{100 * r[t] / teacher[t]:.1f}%" if teacher[t] else "-" for t in tasks]
+        cells += [f"{100 * r[PHONEME] / teacher[PHONEME]:.1f}%" if teacher[PHONEME] else "-"] if per else []
         lines.append(cells)
     table = format_table(cols, lines)
     md = ["# lighthubert demo report", "",
@@ -302,6 +319,10 @@ def report_markdown(report: dict[str, Any]) -> str:
           "frames (stage 1 at the max subnet, the subnets as the search scored them); DistilHuBERT = L1 + cosine "
           "of its heads.",
           "- accuracy: SUPERB-style probe on frozen features (learned layer weights, mean pooling, MLP head), test split.",
+          *(["- PER: phoneme error rate of a CTC probe on frozen features (learned layer weights, "
+             + (f"{cfg['phoneme_lstm_layers']} BiLSTM layer(s) of 128" if cfg["phoneme_lstm_layers"] else "a linear head")
+             + f", {cfg['phoneme_epochs']} epochs, greedy decoding), test split; lower is better. PER vs teacher: "
+             "the model's PER over the teacher's (above 100% is worse)."] if per else []),
           "", "![results](report.png)", "",
           "Searches (evolution, " + f"{cfg['population']} x {cfg['generations']} evaluations each):", ""]
     md += [f"- {s['budget']} (at most {s['max_params']:,} parameters): {s['best']}" for s in report["searches"]]
@@ -312,13 +333,16 @@ def report_markdown(report: dict[str, Any]) -> str:
 
 def _plot(rows: list[dict], searches: list[dict], max_params: int, tasks: list[str], path: Path) -> None:
     """Left: every evaluated subnet (params vs validation loss), the Pareto fronts and the budgets.
-    Right: probe accuracy against parameters for every model, MFCC as a line."""
+    Middle: probe accuracy against parameters for every model, MFCC as a line. Right, when the
+    phoneme probe ran: PER against parameters, MFCC as a line."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), dpi=110)
+    per = all(PHONEME in r for r in rows)
+    fig, axes = plt.subplots(1, 3 if per else 2, figsize=(17.5 if per else 12, 4.6), dpi=110)
+    left, right = axes[0], axes[1]
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for s, colour in zip(searches, colours):
         recs = s["history"]
@@ -356,6 +380,20 @@ def _plot(rows: list[dict], searches: list[dict], max_params: int, tasks: list[s
     right.set_title("frozen-feature probes")
     right.grid(alpha=0.3)
     right.legend(fontsize=8)
+    if per:
+        ax = axes[2]
+        ax.scatter([r["params"] / 1e6 for r in models], [100 * r[PHONEME] for r in models], marker="o", s=40, color="C3")
+        for r in models:
+            label = r["name"].replace("LightHuBERT subnet, ", "").replace(" of max params", "")
+            ax.annotate(label, (r["params"] / 1e6, 100 * r[PHONEME]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.axhline(100 * mfcc[PHONEME], linestyle=":", color="0.4", linewidth=1)
+        ax.annotate("MFCC", (0, 100 * mfcc[PHONEME]), xycoords=("axes fraction", "data"), fontsize=7, color="0.3",
+                    xytext=(3, 3), textcoords="offset points")
+        ax.axvline(max_params / 1e6, color="0.6", linewidth=0.8)
+        ax.set_xlabel("parameters (M)")
+        ax.set_ylabel("phoneme error rate, % (test; lower is better)")
+        ax.set_title("phoneme probe (CTC)")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

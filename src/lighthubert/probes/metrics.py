@@ -1,0 +1,37 @@
+"""Error rates of sequence probes: Levenshtein distance over tokens, summed over a corpus.
+
+WER, CER and PER are all `sum(edit distance) / sum(reference length)` over the test set, as
+s3prl's `downstream/ctc/metric.py` scores them (corpus-level, not a mean of per-utterance
+rates), with each substitution, insertion and deletion costing 1.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def edit_distance(ref: Sequence, hyp: Sequence) -> int:
+    """The fewest substitutions, insertions and deletions that turn `hyp` into `ref`.
+
+    Wagner-Fischer with one row kept: O(len(ref) * len(hyp)) time, O(len(hyp)) memory.
+    """
+    row = list(range(len(hyp) + 1))  # distances from ref[:0] to every prefix of hyp
+    for i, r in enumerate(ref, start=1):
+        diagonal, row[0] = row[0], i
+        for j, h in enumerate(hyp, start=1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (r != h))
+    return row[-1]
+
+
+def error_rate(refs: Sequence[Sequence], hyps: Sequence[Sequence]) -> float:
+    """Corpus error rate: total edit distance over total reference tokens.
+
+    Raises:
+        ValueError: unequal numbers of references and hypotheses, or no reference token.
+    """
+    if len(refs) != len(hyps):
+        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses; score them in pairs")
+    total = sum(len(r) for r in refs)
+    if total == 0:
+        raise ValueError("the references hold no token; an error rate needs at least one")
+    return sum(edit_distance(r, h) for r, h in zip(refs, hyps)) / total

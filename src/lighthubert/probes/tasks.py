@@ -1,0 +1,264 @@
+"""Running probes: check every task's labels, compute each manifest's frozen features once,
+fit one head per task and score it on its test set."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from .. import transcripts
+from ..data import read_manifest
+from ..model import HuBERT
+from .config import SEQUENCE_TASKS, TASKS, ProbeConfig
+from .ctc import decode, fit_ctc
+from .features import FrozenFeatures
+from .metrics import error_rate
+from .mfcc import MFCC
+from .utterance import fit_classifier, labels_from, predict
+
+log = logging.getLogger(__name__)
+
+LIBRISPEECH_SPEAKER = r"^(\d+)-\d+-\d+$"  # speaker-id's default labels: the SPEAKER of LibriSpeech's stems
+LABEL_KIND = {"phoneme": "phn", "asr": "ltr"}  # the label file a sequence task reads beside its manifests
+Manifest = Union[str, Path]
+
+
+@dataclass(frozen=True)
+class ProbeTask:
+    """One probe for `probe_tasks`: what it predicts and, where they differ from the call's, its manifests.
+
+    `speaker-id` is utterance classification with speaker labels; tested on held-out
+    utterances of the training speakers (e.g. train-clean-5's valid.tsv), not on other speakers.
+    """
+
+    kind: str = "utterance-classification"  # one of TASKS
+    labels: Optional[str] = None  # classification: regex on the stem or CSV; speaker-id default: LIBRISPEECH_SPEAKER
+    train: Optional[Manifest] = None  # training manifest; None: the one given to `probe_tasks`
+    test: Optional[Manifest] = None  # test manifest; None: the one given to `probe_tasks`
+    train_labels: Optional[Manifest] = None  # sequence tasks: label file; None: beside the manifest (.phn / .ltr)
+    test_labels: Optional[Manifest] = None  # sequence tasks: the same for the test manifest
+
+    def __post_init__(self) -> None:
+        if self.kind not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.kind!r}")
+        if self.kind == "utterance-classification" and not self.labels:
+            raise ValueError("utterance-classification needs labels: a regex on the file stem or a CSV file")
+        if self.kind in SEQUENCE_TASKS and self.labels:
+            raise ValueError(f"{self.kind} reads label files (train_labels / test_labels), not labels={self.labels!r}")
+
+
+@dataclass
+class ProbeResult:
+    """What a classification probe measured; `to_dict()` gives its JSON form."""
+
+    task: str
+    accuracy: float  # fraction of test utterances classified correctly
+    n_train: int  # training utterances
+    n_test: int  # test utterances
+    classes: list[str]  # class names, sorted; the head's output order
+    layer_weights: list[float]  # learned softmax weight per hidden state (sums to 1)
+    class_accuracy: dict[str, float]  # class -> accuracy on its test utterances (classes with any)
+    train_counts: dict[str, int]  # class -> training utterances
+    test_counts: dict[str, int]  # class -> test utterances
+    train_loss: float  # mean cross entropy over the last epoch
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return {"accuracy": self.accuracy}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SequenceResult:
+    """What a phoneme or ASR probe measured; `to_dict()` gives its JSON form."""
+
+    task: str
+    metrics: dict[str, float]  # phoneme: {"per"}; asr: {"cer", "wer"}; fractions, lower is better
+    n_train: int  # training utterances
+    n_test: int  # test utterances
+    vocab: list[str]  # output tokens (blank excluded), from the training labels
+    layer_weights: list[float]  # learned softmax weight per hidden state (sums to 1)
+    loss_history: list[float]  # mean CTC loss per target token, each epoch
+    train_seconds: float  # wall time of the head's training
+    examples: list[dict] = field(default_factory=list)  # the first test utterances: {"ref", "hyp"}
+
+    @property
+    def train_loss(self) -> float:
+        return self.loss_history[-1]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class CheckedTask:
+    """A task whose labels have been read and checked: audio paths and labels, line for line."""
+
+    task: ProbeTask
+    train: Path  # manifest
+    test: Path
+    train_paths: list[Path]
+    test_paths: list[Path]
+    train_labels: list  # class names, or token lists for sequence tasks
+    test_labels: list
+
+
+def probe(source: Union[HuBERT, str], train_manifest: Manifest, test_manifest: Manifest, labels: Optional[str] = None,
+          cfg: Optional[ProbeConfig] = None, progress: bool = False) -> Union[ProbeResult, SequenceResult]:
+    """Trains a probe of `cfg.task` on frozen features of `train_manifest`, scores it on `test_manifest`.
+
+    Labels are read and checked first, so bad labels fail before any audio is processed.
+
+    Args:
+        source: a frozen model (any `HuBERT`; a `LightHuBERT` at its active subnet) or `"mfcc"`.
+        train_manifest: fairseq `.tsv` manifest of the training utterances.
+        test_manifest: the same for the test utterances.
+        labels: classification: CSV file or regular expression (see `labels_from`); speaker-id
+            defaults to LibriSpeech's speaker; sequence tasks read `.phn` / `.ltr` beside the manifests.
+        cfg: probe settings; defaults when None.
+        progress: show tqdm bars.
+
+    Returns:
+        A `ProbeResult` (classification) or a `SequenceResult` (phoneme, asr).
+
+    Raises:
+        ValueError: unusable labels, fewer than two training classes, a test class absent from
+            training, a label file that does not follow its manifest, an empty manifest, an
+            unreadable audio file, or a `source` that is neither a model nor `"mfcc"`.
+    """
+    cfg = cfg or ProbeConfig()
+    return probe_tasks(source, train_manifest, test_manifest, {cfg.task: ProbeTask(cfg.task, labels)}, cfg, progress)[cfg.task]
+
+
+def probe_tasks(source: Union[HuBERT, str], train_manifest: Manifest, test_manifest: Manifest,
+                tasks: dict[str, Union[str, ProbeTask]], cfg: Optional[ProbeConfig] = None,
+                progress: bool = False) -> dict[str, Union[ProbeResult, SequenceResult]]:
+    """Several probes of one upstream: every task is checked first, the features of each
+    manifest are computed once and shared by every task that reads it, then one head is
+    fitted per task. E.g. phoneme + asr on train / test and speaker-id on train / valid.
+
+    Args:
+        tasks: name -> a `ProbeTask`, or a label spec (regex or CSV) for utterance classification.
+
+    Returns:
+        name -> `ProbeResult` or `SequenceResult`, in the order of `tasks`.
+    """
+    cfg = cfg or ProbeConfig()
+    if isinstance(source, str) and source != MFCC:
+        raise ValueError(f"source must be a model or {MFCC!r}, got {source!r}")
+    checked = check_tasks(train_manifest, test_manifest, tasks)
+    feats: dict[Path, FrozenFeatures] = {}
+    for c in checked.values():
+        for manifest, paths in ((c.train, c.train_paths), (c.test, c.test_paths)):
+            if manifest not in feats:
+                log.info("features of %s (%d files)", manifest, len(paths))
+                feats[manifest] = FrozenFeatures.compute(source, paths, cfg.max_batch_seconds, progress=progress)
+    results = {}
+    for name, c in checked.items():
+        train, test = feats[c.train], feats[c.test]
+        if c.task.kind in SEQUENCE_TASKS:
+            results[name] = _fit_sequence(c, train, test, cfg, progress)
+        else:
+            results[name] = _fit_classifier(c, train, test, cfg)
+        log.info("probe %s: %s", name, ", ".join(f"{k} {v:.4f}" for k, v in results[name].metrics.items()))
+    return results
+
+
+def check_tasks(train_manifest: Manifest, test_manifest: Manifest, tasks: dict[str, Union[str, ProbeTask]]) -> dict[str, CheckedTask]:
+    """Reads and checks every task's manifests and labels without touching audio, so a
+    pipeline can fail early.
+
+    Raises:
+        ValueError: see `probe`.
+    """
+    checked = {}
+    for name, spec in tasks.items():
+        task = ProbeTask(labels=spec) if isinstance(spec, str) else spec
+        train, test = Path(task.train or train_manifest), Path(task.test or test_manifest)
+        (train_paths, train_root), (test_paths, test_root) = _audio_paths(train), _audio_paths(test)
+        if task.kind in SEQUENCE_TASKS:
+            kind = LABEL_KIND[task.kind]
+            train_labels = _label_file(train, train_paths, task.train_labels, kind)
+            test_labels = _label_file(test, test_paths, task.test_labels, kind)
+        else:
+            labels = task.labels or LIBRISPEECH_SPEAKER
+            train_labels = labels_from(labels, train_paths, train_root)
+            test_labels = labels_from(labels, test_paths, test_root)
+            classes = sorted(set(train_labels))
+            if len(classes) < 2:
+                raise ValueError(f"{train}: the labels give {len(classes)} class ({classes[0]!r}); "
+                                 f"a classifier needs at least 2 (labels {labels!r})")
+            unseen = sorted(set(test_labels) - set(train_labels))
+            if unseen:
+                raise ValueError(f"test class(es) absent from training: {', '.join(map(repr, unseen))} (labels {labels!r}); "
+                                 f"add them to {train} or remove them from {test}")
+        checked[name] = CheckedTask(task, train, test, train_paths, test_paths, train_labels, test_labels)
+    return checked
+
+
+def _label_file(manifest: Path, paths: list[Path], given: Optional[Manifest], kind: str) -> list[list[str]]:
+    """The token lists of a manifest's label file, checked line for line against it."""
+    path = Path(given) if given else transcripts.label_path(manifest, kind)
+    tokens = transcripts.read_label_file(path, len(paths), manifest)
+    texts = transcripts.read_transcripts(read_manifest(manifest).root)
+    transcripts.check_order(path, kind, tokens, [p.stem for p in paths], texts)
+    return tokens
+
+
+def _fit_classifier(c: CheckedTask, train: FrozenFeatures, test: FrozenFeatures, cfg: ProbeConfig) -> ProbeResult:
+    train_counts, test_counts = Counter(c.train_labels), Counter(c.test_labels)
+    classes = sorted(train_counts)
+    index = {k: i for i, k in enumerate(classes)}
+    log.info("probe: %d train, %d test utterances, %d classes, %d hidden state(s) of width %d",
+             len(train), len(test), len(classes), train.n_layers, train.dim)
+    clf, loss = fit_classifier(train, torch.tensor([index[y] for y in c.train_labels]), len(classes), cfg)
+    predicted = [classes[i] for i in predict(clf, test).tolist()]
+    correct = Counter(y for y, p in zip(c.test_labels, predicted) if y == p)
+    return ProbeResult(
+        task=c.task.kind,
+        accuracy=sum(correct.values()) / len(c.test_labels),
+        n_train=len(train),
+        n_test=len(test),
+        classes=classes,
+        layer_weights=clf.featurizer.layer_weights(),
+        class_accuracy={k: correct[k] / test_counts[k] for k in classes if test_counts[k]},
+        train_counts={k: train_counts[k] for k in classes},
+        test_counts={k: test_counts[k] for k in classes if test_counts[k]},
+        train_loss=loss,
+    )
+
+
+def _fit_sequence(c: CheckedTask, train: FrozenFeatures, test: FrozenFeatures, cfg: ProbeConfig,
+                  progress: bool) -> SequenceResult:
+    log.info("probe %s: %d train, %d test utterances, %d hidden state(s) of width %d",
+             c.task.kind, len(train), len(test), train.n_layers, train.dim)
+    start = time.perf_counter()
+    model, history = fit_ctc(train, c.train_labels, cfg, progress)
+    seconds = time.perf_counter() - start
+    hyps = decode(model, test)
+    if c.task.kind == "phoneme":
+        metrics = {"per": error_rate(c.test_labels, hyps)}
+    else:
+        metrics = {"cer": error_rate(c.test_labels, hyps),
+                   "wer": error_rate([transcripts.words_from_letters(r) for r in c.test_labels],
+                                     [transcripts.words_from_letters(h) for h in hyps])}
+    return SequenceResult(
+        task=c.task.kind, metrics=metrics, n_train=len(train), n_test=len(test), vocab=model.vocab,
+        layer_weights=model.featurizer.layer_weights(), loss_history=history, train_seconds=round(seconds, 1),
+        examples=[{"ref": " ".join(r), "hyp": " ".join(h)} for r, h in zip(c.test_labels[:3], hyps[:3])])
+
+
+def _audio_paths(manifest: Path) -> tuple[list[Path], Path]:
+    """The audio files of a manifest, and its root."""
+    m = read_manifest(manifest)
+    if not m.entries:
+        raise ValueError(f"{manifest}: no utterances; list at least one 'relative/path<TAB>frames' after the root line")
+    return [m.root / rel for rel, _ in m.entries], m.root

@@ -1,0 +1,236 @@
+"""Sequence and speaker probes: edit distance and error rates against hand-computed cases,
+greedy CTC decoding, and phoneme / ASR / speaker-id probes that learn on generated audio (any
+checkout) and on a few real LibriSpeech utterances (slow), through the API and the CLI."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from lighthubert import corpus, probes, transcripts
+from lighthubert.cli import main
+from lighthubert.data import read_manifest, write_manifest
+from lighthubert.probes import ctc
+
+LIBRI = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech-mini"
+SPEAKER = r"^[a-z]+_([a-z]+)_"
+# Small heads so that each probe trains in seconds; the defaults are sized for librispeech-mini.
+SMALL = dict(ctc_epochs=25, lstm_dim=32, ctc_batch_seconds=4.0, ctc_lr=5e-3, epochs=10)
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+
+
+@pytest.mark.parametrize("ref, hyp, distance", [
+    ("kitten", "sitting", 3),  # k->s, e->i, +g
+    ("flaw", "lawn", 2),  # -f, +n
+    ("intention", "execution", 5),
+    ("abc", "abc", 0),
+    ("", "ab", 2),
+    ("ab", "", 2),
+    (["AH", "B"], ["B", "AH"], 2),
+])
+def test_edit_distance_by_hand(ref, hyp, distance):
+    assert probes.edit_distance(list(ref), list(hyp)) == distance
+    assert probes.edit_distance(list(hyp), list(ref)) == distance
+
+
+def test_error_rate_is_summed_over_the_corpus():
+    refs = [["a", "b", "c"], ["d"]]
+    assert probes.error_rate(refs, [["a", "x", "c"], []]) == pytest.approx(2 / 4)  # not the mean of 1/3 and 1
+    assert probes.error_rate(refs, refs) == 0.0
+    assert probes.error_rate([["a"]], [["a", "b", "c"]]) == 2.0  # insertions can take it above 1
+    ref = transcripts.words_from_letters("T H E | C A T |".split())
+    assert probes.error_rate([ref], [transcripts.words_from_letters("T H E | C A P |".split())]) == 0.5
+    with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
+        probes.error_rate(refs, [[]])
+    with pytest.raises(ValueError, match="hold no token"):
+        probes.error_rate([[]], [["a"]])
+
+
+def test_greedy_decoding_merges_repeats_and_drops_blanks():
+    """A linear head whose output is its one-hot input, so the best path is the input's."""
+    vocab = ["a", "b"]
+    model = ctc.CTCProbe(1, 3, vocab, probes.ProbeConfig(lstm_layers=0))
+    with torch.no_grad():
+        model.out.weight.copy_(10 * torch.eye(3))
+        model.out.bias.zero_()
+    paths = [[0, 1, 1, 0, 1, 2, 2, 0], [2, 2, 2], [0, 0]]  # blank is 0
+    feats = probes.FrozenFeatures([Path(f"{i}.wav") for i in range(3)],
+                                  [torch.eye(3)[p].unsqueeze(0).half() for p in paths])
+    assert ctc.decode(model, feats) == [["a", "a", "b"], ["b"], []]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"task": "asr", "ctc_epochs": 0}, "ctc_epochs"),
+    ({"lstm_layers": -1}, "lstm_layers"),
+    ({"dropout": 1.0}, "dropout must be in"),
+    ({"ctc_lr": 0}, "ctc_lr"),
+])
+def test_sequence_settings_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        probes.ProbeConfig(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# learning on generated audio
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """The built-in corpus, 2 speakers x 10 words x 5 takes, and MFCC features of its train split."""
+    c = corpus.write_corpus(tmp_path_factory.mktemp("corpus"), n_speakers=2, takes=5, seed=0)
+    m = read_manifest(c.train)
+    feats = probes.FrozenFeatures.compute(probes.MFCC, [m.root / rel for rel, _ in m.entries])
+    return c, feats
+
+
+def train_error(model, feats, labels) -> float:
+    return probes.error_rate(labels, ctc.decode(model, feats))
+
+
+@pytest.mark.parametrize("kind, suffix", [("phoneme", "phn"), ("asr", "ltr")])
+def test_ctc_probe_learns_on_generated_audio(generated, kind, suffix):
+    c, feats = generated
+    labels = transcripts.read_label_file(c.train.with_suffix("." + suffix), len(feats), c.train)
+    cfg = probes.ProbeConfig(**SMALL)
+    model, history = probes.fit_ctc(feats, labels, cfg)
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        untrained = ctc.CTCProbe(1, feats.dim, model.vocab, cfg, ctc.Standardizer.fit(feats))
+    assert history[-1] < history[0] / 4, history
+    trained, before = train_error(model, feats, labels), train_error(untrained, feats, labels)
+    assert before > 0.9 and trained < 0.3 * before, (trained, before)
+
+
+def test_probe_tasks_share_features_across_phoneme_asr_and_speaker(generated, monkeypatch):
+    c, _ = generated
+    computed = []
+    real = probes.FrozenFeatures.compute.__func__
+
+    def counting(cls, source, paths, *args, **kwargs):
+        computed.append(len(paths))
+        return real(cls, source, paths, *args, **kwargs)
+
+    monkeypatch.setattr(probes.FrozenFeatures, "compute", classmethod(counting))
+    results = probes.probe_tasks(probes.MFCC, c.train, c.test, {
+        "phoneme": probes.ProbeTask("phoneme"), "asr": probes.ProbeTask("asr"),
+        "speaker": probes.ProbeTask("speaker-id", SPEAKER, test=c.valid)}, probes.ProbeConfig(**SMALL))
+    assert computed == [60, 20, 20]  # train, test, valid: once each
+    assert set(results["phoneme"].metrics) == {"per"} and set(results["asr"].metrics) == {"cer", "wer"}
+    assert results["phoneme"].metrics["per"] < 0.5 and results["asr"].metrics["cer"] < 0.6
+    assert results["speaker"].task == "speaker-id" and results["speaker"].accuracy > 0.8  # chance 0.5
+    assert results["phoneme"].vocab == sorted({p for w in corpus.WORDS for p in corpus._WORD_PHONES[w].split()})
+    assert results["phoneme"].examples[0]["ref"] == "z I r o"
+    assert json.dumps(results["asr"].to_dict())
+
+
+def test_cli_probe_phoneme_and_asr(generated, capsys):
+    c, _ = generated
+    code = main(["probe", "--checkpoint", "mfcc", "--train", str(c.train), "--test", str(c.test), "--task", "phoneme",
+                 "--task", "asr", "--ctc-epochs", "2", "--lstm-dim", "16", "--quiet", "--json"])
+    assert code == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["task"] for r in rows] == ["phoneme", "asr"] and rows[0]["source"] == "mfcc"
+    assert len(rows[1]["loss_history"]) == 2 and rows[1]["n_test"] == 20
+    code = main(["probe", "--checkpoint", "mfcc", "--train", str(c.train), "--test", str(c.test), "--task", "phoneme",
+                 "--ctc-epochs", "1", "--lstm-dim", "8", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0 and re.match(r"phoneme on mfcc: PER \d+\.\d\d% \(20 test utterances; 17 tokens, 60 training", out), out
+
+
+@pytest.mark.parametrize("case, match", [
+    ("count", r"test.phn: 19 lines but .*test.tsv lists 20 utterances"),
+    ("missing", r"test.ltr: label file not found"),
+    ("no labels", r"--task utterance-classification needs --labels"),
+    ("labels for asr", r"--train-labels / --test-labels name label files of the phoneme or asr task"),
+])
+def test_cli_probe_label_file_errors_are_one_line(generated, tmp_path, capsys, case, match):
+    c, _ = generated
+    test = tmp_path / "test.tsv"
+    test.write_text(c.test.read_text())
+    for kind in transcripts.LABEL_KINDS:
+        transcripts.label_path(test, kind).write_text(transcripts.label_path(c.test, kind).read_text())
+    task, extra = "phoneme", []
+    if case == "count":
+        test.with_suffix(".phn").write_text("".join(test.with_suffix(".phn").read_text().splitlines(True)[1:]))
+    elif case == "missing":
+        task = "asr"
+        test.with_suffix(".ltr").unlink()
+    elif case == "no labels":
+        task = "utterance-classification"
+    else:
+        task, extra = "speaker-id", ["--labels", SPEAKER, "--train-labels", str(c.train.with_suffix(".ltr"))]
+    code = main(["probe", "--checkpoint", "mfcc", "--train", str(c.train), "--test", str(test), "--task", task,
+                 "--quiet", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("lighthubert: error: ") and re.search(match, err), err
+
+
+# ---------------------------------------------------------------------------------------------
+# learning on a few real utterances
+
+
+@pytest.fixture(scope="module")
+def libri(tmp_path_factory):
+    """Manifests of train-clean-5's first speaker-chapters: 24 utterances, and their MFCC features."""
+    if not (LIBRI / "train-clean-5").is_dir():
+        pytest.skip(f"librispeech-mini not found at {LIBRI}")
+    folder = tmp_path_factory.mktemp("libri")
+    chapters = sorted((LIBRI / "train-clean-5").glob("*/*"))[:4]
+    audio = folder / "audio"
+    for ch in chapters:  # a LibriSpeech-layout folder of 6 utterances per chapter
+        target = audio / ch.parent.name / ch.name
+        target.mkdir(parents=True)
+        (target / f"{ch.parent.name}-{ch.name}.trans.txt").symlink_to(next(ch.glob("*.trans.txt")))
+        for f in sorted(ch.glob("*.ogg"))[:6]:
+            (target / f.name).symlink_to(f)
+    train, valid = write_manifest(audio, folder / "m", valid_percent=0.25, seed=0)
+    m = read_manifest(train)
+    return train, valid, probes.FrozenFeatures.compute(probes.MFCC, [m.root / rel for rel, _ in m.entries])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, suffix", [("phoneme", "phn"), ("asr", "ltr")])
+def test_ctc_probe_learns_on_real_speech(libri, kind, suffix):
+    train, _, feats = libri
+    labels = transcripts.read_label_file(train.with_suffix("." + suffix), len(feats), train)
+    cfg = probes.ProbeConfig(ctc_epochs=40, lstm_dim=64, ctc_batch_seconds=40.0, ctc_lr=5e-3)
+    model, history = probes.fit_ctc(feats, labels, cfg)
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        untrained = ctc.CTCProbe(1, feats.dim, model.vocab, cfg, ctc.Standardizer.fit(feats))
+    assert history[-1] < history[0] / 2, history
+    trained, before = train_error(model, feats, labels), train_error(untrained, feats, labels)
+    assert before > 0.9 and trained < 0.6 * before, (trained, before)
+
+
+@pytest.mark.slow
+def test_speaker_id_on_held_out_real_utterances(libri):
+    train, valid, _ = libri
+    result = probes.probe(probes.MFCC, train, valid, cfg=probes.ProbeConfig(task="speaker-id"))
+    assert len(result.classes) == len({p.split("/")[0] for p, _ in read_manifest(train).entries})
+    assert result.accuracy > 0.6, result  # chance is at most 1/2
+
+
+def test_bilstm_equals_a_packed_bidirectional_lstm():
+    """The reference is torch's own packed nn.LSTM(bidirectional=True) with the same weights."""
+    from torch import nn
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.manual_seed(0)
+    ours = ctc.BiLSTM(5, 7, 2)
+    ref = nn.LSTM(5, 7, num_layers=2, bidirectional=True, batch_first=True)
+    with torch.no_grad():
+        for i in range(2):
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(ref, f"{name}_l{i}").copy_(getattr(ours.forward_layers[i], f"{name}_l0"))
+                getattr(ref, f"{name}_l{i}_reverse").copy_(getattr(ours.backward_layers[i], f"{name}_l0"))
+    x, lengths = torch.randn(3, 9, 5), torch.tensor([9, 4, 6])
+    expected, _ = pad_packed_sequence(ref(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))[0],
+                                      batch_first=True)
+    valid = torch.arange(9)[None] < lengths[:, None]
+    assert torch.allclose(ours(x, lengths)[valid], expected[valid], atol=1e-6)
