@@ -188,11 +188,12 @@ def _teacher_setup(root: Path) -> Path:
 def train_setup(tmp_path_factory) -> Path:
     """The tiny teacher and space, and train / valid / test manifests of the package's generated
     corpus (10 words x 2 speakers x 6 takes at 16 kHz: 80 train, 20 valid, 20 test files of
-    0.4-1 s), so training tests run in any checkout."""
+    0.4-1 s) with their .ltr / .wrd / .phn labels, so training tests run in any checkout."""
     root = _teacher_setup(tmp_path_factory.mktemp("train"))
     made = corpus.write_corpus(root / "corpus", n_speakers=2, takes=6, seed=0)
     for name in ("train", "valid", "test"):
-        shutil.copy(getattr(made, name), root / f"{name}.tsv")
+        for ext in ("tsv", "ltr", "wrd", "phn"):  # the manifests and their label files
+            shutil.copy(getattr(made, name).with_suffix("." + ext), root / f"{name}.{ext}")
     return root
 
 

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from . import convert
 from .convert import CheckpointError
-from .model import DistilHuBERT, HuBERT, ModelConfig
+from .model import DistilHuBERT, HuBERT, HuBERTCTC, ModelConfig
 from .space import SearchSpace, SubnetConfig
 from .supernet import LightHuBERT
 
@@ -160,8 +160,28 @@ def official_checkpoint(model, stage1: bool = False) -> dict[str, Any]:
     }
 
 
+CTC_FORMAT = "lighthubert-ctc"  # the "format" of a fine-tuned CTC model's .pt
+
+
+def ctc_checkpoint(model: HuBERTCTC) -> dict[str, Any]:
+    """A fine-tuned CTC model as a `.pt` dict: its `ModelConfig`, vocabulary and weights."""
+    return {"format": CTC_FORMAT, "version": 1, "config": model.cfg.asdict(), "vocab": list(model.vocab),
+            "final_dropout": model.final_dropout.p,
+            "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+
+
+def _load_ctc(ckpt: dict[str, Any], source: str):
+    try:
+        cfg, vocab = ModelConfig.from_dict(ckpt["config"]), ckpt["vocab"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: not a readable {CTC_FORMAT} checkpoint ({e})") from None
+    model = HuBERTCTC(cfg, vocab, float(ckpt.get("final_dropout", 0.0)))
+    load_state(model, ckpt["state_dict"], source)
+    return model, []
+
+
 # -- loading any checkpoint ----------------------------------------------------------------------
-FORMATS = ("lighthubert", "fairseq", "s3prl", "transformers", "torchaudio", "compact")
+FORMATS = ("lighthubert", "fairseq", "s3prl", "transformers", "torchaudio", "compact", "ctc")
 COMPACT_FORMAT = "lighthubert-compact"  # config.json "format" of a compact export
 
 
@@ -178,6 +198,8 @@ def detect_format(obj: Union[dict[str, Any], Path]) -> str:
         return "compact" if isinstance(cfg, dict) and cfg.get("format") == COMPACT_FORMAT else "transformers"
     if isinstance(obj.get("Distiller"), dict) and isinstance(obj.get("Config"), dict):
         return "s3prl"
+    if obj.get("format") == CTC_FORMAT:
+        return "ctc"
     cfg = obj.get("cfg")
     name = cfg.get("model", {}).get("_name") if isinstance(cfg, dict) and isinstance(cfg.get("model"), dict) else None
     if name in ("hubert_pruner", "student_hubert"):
@@ -217,13 +239,13 @@ def load_model(path: Union[str, Path], subnet: Union[str, SubnetConfig, dict, No
 
 
 def dense_model(model: HuBERT, subnet: Union[str, SubnetConfig, dict, None] = None) -> tuple[HuBERT, ModelConfig]:
-    """The plain dense model behind any loaded model: a supernet's subnet (default: its active
-    one) exported, a DistilHuBERT student without its heads, or `model` itself."""
+    """The plain dense encoder behind any loaded model: a supernet's subnet (default: its active
+    one) exported, a DistilHuBERT student or CTC model without its heads, or `model` itself."""
     if isinstance(model, LightHuBERT):
         return model.export(subnet)
     if subnet is not None:
         raise ValueError("a subnet can only be chosen for a supernet checkpoint; this model has a fixed shape")
-    if isinstance(model, DistilHuBERT):  # the prediction heads are for training only
+    if type(model) is not HuBERT:  # DistilHuBERT's prediction heads, a CTC head, ...: not the encoder's
         return model.without_heads(), model.cfg
     return model, model.cfg
 
@@ -262,7 +284,7 @@ def model_from_dict(ckpt: dict[str, Any], source: str) -> tuple[str, HuBERT, lis
     """The model in an already loaded checkpoint dict: (format, model, dropped keys)."""
     kind = detect_format(ckpt)
     loader = {"lighthubert": load_official, "fairseq": _load_fairseq, "s3prl": load_distiller,
-              "torchaudio": _load_torchaudio}[kind]
+              "torchaudio": _load_torchaudio, "ctc": _load_ctc}[kind]
     model, dropped = loader(ckpt, source)
     return kind, model, dropped
 

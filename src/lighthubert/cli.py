@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import torch
 import yaml
 
-from . import checkpoint, data, demo, distributed, probes, search, transcripts
+from . import asr, checkpoint, data, demo, distributed, probes, search, transcripts
 from .export import FORMATS as EXPORT_FORMATS
 from .export import export_subnet
 from .extract import extract_files
@@ -95,6 +95,24 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    model = checkpoint.load_model(args.checkpoint)
+    if args.device:
+        model.to(args.device)
+    if bool(args.audio) == bool(args.manifest):
+        raise ValueError("transcribe takes audio files or --manifest (to score against its .ltr labels), not both")
+    if args.manifest:
+        result = asr.score(model, args.manifest, args.batch_seconds, progress=not args.quiet)
+        for ref, hyp in result["examples"]:
+            print(f"ref: {ref}\nhyp: {hyp}")
+        print(f"{args.manifest}: CER {100 * result['cer']:.2f}%, WER {100 * result['wer']:.2f}% "
+              f"over {result['utterances']} utterances (greedy CTC, no language model)")
+        return 0
+    for path, text in zip(args.audio, asr.transcribe(model, args.audio, int(args.batch_seconds * data.SAMPLE_RATE))):
+        print(f"{path}\t{text}")
+    return 0
+
+
 def cmd_teacher_info(args: argparse.Namespace) -> int:
     kind, model = checkpoint.load_with_format(args.path)
     cfg = model.cfg
@@ -130,22 +148,28 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAIN_METHODS = {"pretrain-teacher": "hubert", "finetune": "ctc"}  # commands that run one fixed recipe
+
+
 def cmd_distill(args: argparse.Namespace) -> int:
-    """`distill` and `pretrain-teacher` (method hubert, no teacher): one trainer behind both."""
-    pretrain = args.command == "pretrain-teacher"
-    if pretrain:  # the method first, so that a --set method=... contradicting it is reported below
-        cfg = RunConfig.from_yaml(args.config, ("method=hubert",) + tuple(args.set or ()))
-        if cfg.method != "hubert":
-            raise ValueError(f"pretrain-teacher trains with method hubert; the settings say {cfg.method!r}")
+    """`distill`, `pretrain-teacher` (method hubert) and `finetune` (method ctc): one trainer behind all."""
+    fixed = TRAIN_METHODS.get(args.command)
+    if fixed:  # the method first, so that a --set method=... contradicting it is reported below
+        extra = (f"subnet={args.subnet}",) if getattr(args, "subnet", None) else ()
+        cfg = RunConfig.from_yaml(args.config, (f"method={fixed}",) + tuple(args.set or ()) + extra)
+        if cfg.method != fixed:
+            raise ValueError(f"{args.command} trains with method {fixed}; the settings say {cfg.method!r}")
     else:
         flags = {k: v for k, v in (("stage", args.stage), ("method", args.method)) if v is not None}
         cfg = RunConfig.from_yaml(args.config, tuple(args.set or ()), **flags)
-        if cfg.method == "hubert":
-            raise ValueError("method hubert pre-trains a teacher: run `lighthubert pretrain-teacher`")
+        if cfg.method in TRAIN_METHODS.values():
+            command = next(c for c, m in TRAIN_METHODS.items() if m == cfg.method)
+            raise ValueError(f"method {cfg.method} has its own command: run `lighthubert {command}`")
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
-    missing = [f"--{n}" for n in (() if pretrain else ("teacher",)) + ("train", "out") if not getattr(args, n)]
+    needed = {"distill": ("teacher", "train", "out"), "pretrain-teacher": ("train", "out"), "finetune": ("init", "train", "out")}
+    missing = [f"--{n}" for n in needed[args.command] if not getattr(args, n)]
     if missing:
         raise ValueError(f"{args.command} needs {', '.join(missing)}")
     out = Path(args.out)
@@ -153,7 +177,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         raise ValueError(f"{out} already holds checkpoints; pass --resume to continue that run or choose another --out")
     ctx = distributed.init(cfg.train.device)
     try:
-        recipe = cfg.build(teacher=None if pretrain else args.teacher, init=None if pretrain else args.init)
+        recipe = cfg.build(teacher=getattr(args, "teacher", None), init=getattr(args, "init", None))
         trainer = Trainer(recipe, cfg.train, args.train, args.valid, args.out, ctx=ctx)
         if args.resume and not trainer.resume():
             log.info("--resume: no checkpoint in %s yet, starting from scratch", out)
@@ -288,7 +312,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _training_args(p: argparse.ArgumentParser) -> None:
-    """The flags `distill` and `pretrain-teacher` share: both run `cmd_distill`'s trainer."""
+    """The flags `distill`, `pretrain-teacher` and `finetune` share: all run `cmd_distill`'s trainer."""
     p.add_argument("--train", help="training manifest (.tsv)")
     p.add_argument("--valid", help="validation manifest (.tsv)")
     p.add_argument("--out", help="run folder: config.yaml, log.jsonl, step-N.pt checkpoints")
@@ -316,6 +340,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.add_argument("audio", nargs="+", help="audio files (any soundfile format; mono down-mix, resampled to 16 kHz)")
     e.set_defaults(func=cmd_extract)
+
+    a = sub.add_parser("transcribe", help="speech to text with a fine-tuned CTC model (`finetune`); or score it",
+                       description="Prints `path<TAB>text` per audio file (greedy CTC decoding, no language model), "
+                                   "or with --manifest the CER and WER against the .ltr labels beside it.")
+    a.add_argument("--checkpoint", required=True, help="a fine-tuned CTC model (`lighthubert finetune` step-N.pt, or its export)")
+    a.add_argument("--manifest", help="score on this manifest (.tsv) against its .ltr labels instead of transcribing files")
+    a.add_argument("--batch-seconds", type=float, default=60.0, help="padded audio per forward pass (default 60)")
+    a.add_argument("--device", help="torch device, e.g. cuda (default cpu)")
+    a.add_argument("--quiet", action="store_true", help="no progress bar")
+    a.add_argument("audio", nargs="*", help="audio files (any soundfile format)")
+    a.set_defaults(func=cmd_transcribe)
 
     i = sub.add_parser("info", help="a search space's subnets: shapes, parameters, MACs")
     i.add_argument("--space", default="base", help="base | small | a YAML file (default base)")
@@ -358,6 +393,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "setting, e.g. --set 'model={embed_dim: 256, heads: [4,4,4,4], ffn_dim: [1024,1024,1024,1024]}'. "
                                    "One process, or many with torchrun.")
     _training_args(h)
+
+    f = sub.add_parser("finetune", help="CTC fine-tuning for speech recognition of any model (fairseq base_10h recipe)",
+                       description="Adds a character CTC head to any model `lighthubert.load` reads (a supernet at "
+                                   "--subnet, an export, a stage-1 student, a teacher) and fine-tunes it on manifests "
+                                   "with .ltr label files beside them (`lighthubert manifest` writes them). The conv "
+                                   "front end stays frozen, the encoder for the first freeze_encoder_steps updates. "
+                                   "Writes OUT/step-N.pt, which `transcribe`, `export` and `extract` read. One process, "
+                                   "or many with torchrun.")
+    f.add_argument("--init", help="the model to fine-tune (any checkpoint or folder `lighthubert.load` reads)")
+    f.add_argument("--subnet", help=f"for a supernet --init: {SUBNET_HELP}; default: the checkpoint's own")
+    _training_args(f)
 
     d = sub.add_parser("demo", help="the whole pipeline on a built-in corpus (or your audio) and a report",
                        description="Pre-trains a small teacher, runs LightHuBERT stage 1 and 2 on a small supernet, "

@@ -93,14 +93,22 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def normalize(wav: Tensor) -> Tensor:
+def normalize(wav: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
     """Zero mean, unit variance per utterance: s3prl's `F.layer_norm(wav, wav.shape)` on each
-    (N,) waveform, and on each row of a (B, N) batch of whole (unpadded) utterances.
+    (N,) waveform, and on each row of a (B, N) batch.
 
     Over the last axis only: `F.layer_norm(batch, batch.shape)` would normalise a whole batch
-    at once, so an utterance's input would depend on the others in its batch.
+    at once, so an utterance's input would depend on the others in its batch. With `lengths`
+    (B,), each row's statistics are those of its valid samples and the padding stays zero, so
+    a padded row equals its utterance normalised alone.
     """
-    return F.layer_norm(wav, wav.shape[-1:])
+    if lengths is None:
+        return F.layer_norm(wav, wav.shape[-1:])
+    valid = torch.arange(wav.size(-1), device=wav.device)[None, :] < lengths.to(wav.device)[:, None]
+    count = lengths.to(wav.device, wav.dtype)[:, None]
+    mean = (wav * valid).sum(-1, keepdim=True) / count
+    var = ((wav - mean).square() * valid).sum(-1, keepdim=True) / count
+    return torch.where(valid, (wav - mean) * torch.rsqrt(var + 1e-5), wav.new_zeros(()))
 
 
 def collate(wavs: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -315,15 +323,26 @@ class AudioDataset(Dataset):
         manifest: path of a `.tsv` manifest.
         min_samples: drop utterances with fewer frames (fairseq's `min_sample_size`).
         max_samples: drop utterances with more frames; None keeps all.
+        labels: a label kind (`ltr`, `wrd`, `phn`) whose file beside the manifest gives each
+            utterance's tokens (`transcripts.read_label_file`), or None.
     """
 
-    def __init__(self, manifest: Union[str, Path], min_samples: int = 0, max_samples: Optional[int] = None) -> None:
+    def __init__(self, manifest: Union[str, Path], min_samples: int = 0, max_samples: Optional[int] = None,
+                 labels: Optional[str] = None) -> None:
         m = read_manifest(manifest)
+        self.manifest = Path(manifest)
         self.root = m.root
         self.min_samples = min_samples
-        kept = [(rel, n) for rel, n in m.entries if n >= min_samples and (max_samples is None or n <= max_samples)]
-        self.paths = [rel for rel, _ in kept]
-        self.sizes = [n for _, n in kept]  # 16 kHz samples
+        rows, self.label_file = None, None
+        if labels is not None:
+            self.label_file = transcripts.label_path(manifest, labels)
+            rows = transcripts.read_label_file(self.label_file, len(m.entries), manifest)
+        kept = [i for i, (_, n) in enumerate(m.entries) if n >= min_samples and (max_samples is None or n <= max_samples)]
+        self.lines = [i + 2 for i in kept]  # manifest line of each kept entry (line 1 is the root), for messages
+        self.paths = [m.entries[i][0] for i in kept]
+        self.sizes = [m.entries[i][1] for i in kept]  # 16 kHz samples
+        self.labels = None if rows is None else [rows[i] for i in kept]  # token list per kept entry
+        kept = [m.entries[i] for i in kept]
         short = sum(n < min_samples for _, n in m.entries)
         log.info("%s: kept %d of %d utterances; filtered %d below min_samples %d and %d above max_samples %s",
                  manifest, len(kept), len(m.entries), short, min_samples, len(m.entries) - len(kept) - short, max_samples)
@@ -332,7 +351,8 @@ class AudioDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        """Returns `{"index": i, "wav": (N,) float32 or None, "error": None or "<kind>: <path>: <why>"}`."""
+        """Returns `{"index": i, "wav": (N,) float32 or None, "error": None or "<kind>: <path>: <why>",
+        "labels": its tokens or None}`."""
         path = self.root / self.paths[i]
         try:
             wav = load_audio(path, min_samples=self.min_samples)
@@ -342,7 +362,11 @@ class AudioDataset(Dataset):
         except AudioError as e:
             log.debug("%s", e.reason)
             return {"index": i, "wav": None, "error": e.reason}
-        return {"index": i, "wav": wav, "error": None}
+        return {"index": i, "wav": wav, "error": None, "labels": None if self.labels is None else self.labels[i]}
+
+    def label_source(self, i: int) -> str:
+        """`file:line` of item `i`'s labels, for messages."""
+        return f"{self.label_file or self.manifest}:{self.lines[i] - 1}"
 
 
 def batch_by_size(sizes: Sequence[int], max_batch_samples: int, max_crop: Optional[int] = None) -> list[list[int]]:
@@ -482,6 +506,33 @@ class CropCollate:
         return {"wav": wav, "indices": [it["index"] for it in good], "skipped": skipped}
 
 
+class PadCollate:
+    """DataLoader `collate_fn` for recipes that need whole utterances (CTC fine-tuning: a crop
+    would cut the transcript): drops bad items and pads the rest at the end to the longest,
+    with their lengths and labels (fairseq's fine-tuning collater, `pad_audio=True`)."""
+
+    def __call__(self, items: Sequence[dict]) -> dict:
+        """Items from `AudioDataset` -> `{"wav": (B, N) or None, "lengths": (B,), "indices",
+        "labels", "skipped"}`, rows in ascending index."""
+        items = sorted(items, key=lambda it: it["index"])
+        skipped = [(it["index"], it["error"]) for it in items if it["wav"] is None]
+        good = [it for it in items if it["wav"] is not None]
+        if not good:
+            return {"wav": None, "lengths": None, "indices": [], "labels": None, "skipped": skipped}
+        wav, lengths = collate([it["wav"] for it in good])
+        return {"wav": wav, "lengths": lengths, "indices": [it["index"] for it in good],
+                "labels": [it["labels"] for it in good], "skipped": skipped}
+
+
+def batch_collate(batching: str, max_samples: int, seed: int):
+    """The collate of a recipe's `batching`: `crop` (`CropCollate`) or `pad` (`PadCollate`)."""
+    if batching == "crop":
+        return CropCollate(max_samples, seed)
+    if batching == "pad":
+        return PadCollate()
+    raise ValueError(f"batching must be 'crop' or 'pad', got {batching!r}")
+
+
 @dataclass
 class Batch:
     """One training or validation batch, as the trainer hands it to a recipe."""
@@ -489,6 +540,12 @@ class Batch:
     wav: Tensor  # (B, N) float32 audio, raw (recipes normalise for models that expect it)
     lengths: Optional[Tensor]  # (B,) valid samples per row; None when every row is whole (crops)
     indices: list[int]  # dataset indices of the rows
+    labels: Optional[list] = None  # each row's tokens, for recipes that learn from labels
+
+    @classmethod
+    def from_collated(cls, out: dict) -> "Batch":
+        """A batch from a collate's dict (which must hold audio)."""
+        return cls(out["wav"], out.get("lengths"), out["indices"], out.get("labels"))
 
     @property
     def seconds(self) -> float:
@@ -498,21 +555,21 @@ class Batch:
 
     def to(self, device: torch.device) -> "Batch":
         lengths = None if self.lengths is None else self.lengths.to(device)
-        return Batch(self.wav.to(device), lengths, self.indices)
+        return Batch(self.wav.to(device), lengths, self.indices, self.labels)
 
 
 def validation_batches(dataset: "AudioDataset", max_batch_samples: int, max_sample_size: int, seed: int,
-                       replicas: int = 1, rank: int = 0) -> Iterator[tuple[int, Batch]]:
+                       replicas: int = 1, rank: int = 0, batching: str = "crop") -> Iterator[tuple[int, Batch]]:
     """Validation batches in a fixed order, each utterance on exactly one rank: (batch index,
     batch); batches whose files were all unusable are left out. Masks seeded by the index make
     losses comparable across validations and subnets."""
     sampler = BucketBatchSampler(dataset.sizes, max_batch_samples, seed, replicas, rank, shuffle=False,
-                                 max_crop=max_sample_size, even=False)
-    collate = CropCollate(max_sample_size, seed)
+                                 max_crop=max_sample_size if batching == "crop" else None, even=False)
+    collate = batch_collate(batching, max_sample_size, seed)
     for k, indices in enumerate(sampler):  # unshuffled: rank r holds batches r, r + R, ...
         out = collate([dataset[i] for i in indices])
         if out["wav"] is not None:
-            yield rank + k * replicas, Batch(out["wav"], None, out["indices"])
+            yield rank + k * replicas, Batch.from_collated(out)
 
 
 class SkipCounter:

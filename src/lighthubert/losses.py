@@ -56,23 +56,45 @@ def distilhubert_loss(preds: Sequence[Tensor], targets: Sequence[Tensor], cos_we
     return l1 + cos_weight * cos, l1, cos
 
 
-def span_mask(batch: int, frames: int, prob: float, length: int, generator: torch.Generator, min_spans: int = 2) -> Tensor:
-    """fairseq's static span masking (`compute_mask_indices` defaults), on equal-length rows.
+def span_mask(batch: int, frames: int, prob: float, length: int, generator: torch.Generator, min_spans: int = 2,
+              lengths: Optional[Tensor] = None) -> Tensor:
+    """fairseq's static span masking (`compute_mask_indices` defaults).
 
     Each row gets int(prob * frames / length + U[0,1)) spans (at least `min_spans`) of
     `length` frames starting at distinct positions, overlaps allowed, as fairseq draws them.
+    With `lengths` (B,), row b's spans are drawn within its first `lengths[b]` frames (padded
+    batches); otherwise every row has `frames`. Also masks channels (fairseq's
+    `mask_channel_*`): pass the channel count as `frames` and `min_spans=0`.
 
     Returns:
         (batch, frames) bool, True = masked.
     """
     mask = torch.zeros(batch, frames, dtype=torch.bool)
-    if prob <= 0 or frames < 2:
+    if prob <= 0:
         return mask
-    span = min(length, frames - 1)
     for row in range(batch):
-        count = int(prob * frames / span + torch.rand((), generator=generator).item())
-        count = min(max(count, min_spans), frames - span)
-        starts = torch.randperm(frames - span, generator=generator)[:count]
+        n = frames if lengths is None else int(lengths[row])
+        if n < 2:
+            continue
+        span = min(length, n - 1)
+        count = int(prob * n / span + torch.rand((), generator=generator).item())
+        count = min(max(count, min_spans), n - span)
+        starts = torch.randperm(n - span, generator=generator)[:count]
         idx = (starts[:, None] + torch.arange(span)[None, :]).flatten()
         mask[row, idx] = True
     return mask
+
+
+def ctc_loss(log_probs: Tensor, frames: Tensor, targets: Tensor, target_lengths: Tensor) -> Tensor:
+    """CTC loss summed over tokens and averaged over utterances (fairseq's `ctc` criterion with
+    `sentence_avg`, `zero_infinity`); blank is index 0.
+
+    Args:
+        log_probs: (B, T, V) log-softmax outputs.
+        frames: (B,) valid frames per row.
+        targets: (sum of target lengths,) token indices, 1..V-1, concatenated.
+        target_lengths: (B,).
+    """
+    loss = F.ctc_loss(log_probs.float().transpose(0, 1), targets, frames, target_lengths, blank=0, reduction="sum",
+                      zero_infinity=True)
+    return loss / log_probs.size(0)

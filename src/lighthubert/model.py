@@ -381,11 +381,20 @@ class HuBERT(nn.Module):
         if cfg.pred_dim:
             self.layer_pred_heads[str(cfg.depth - 1)] = ops.linear(cfg.embed_dim, cfg.pred_dim, bias=False)
 
+    def without_heads(self) -> "HuBERT":
+        """The plain `HuBERT` of a subclass with extra heads (DistilHuBERT's, a CTC head): the
+        encoder's weights copied, the heads left out; for extraction, teachers and export."""
+        dense = HuBERT(self.cfg).to(self.mask_emb)
+        own = dense.state_dict()
+        dense.load_state_dict({k: v for k, v in self.state_dict().items() if k in own})
+        return dense.train(self.training)
+
     def frame_lengths(self, lengths: Tensor) -> Tensor:
         """Frames per utterance for `lengths` samples (B,)."""
         return self.feature_extractor.output_lengths(lengths)
 
-    def forward(self, wav: Tensor, lengths: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Features:
+    def forward(self, wav: Tensor, lengths: Optional[Tensor] = None, mask: Optional[Tensor] = None,
+                channel_mask: Optional[Tensor] = None) -> Features:
         """Encodes a batch of waveforms.
 
         Args:
@@ -394,6 +403,8 @@ class HuBERT(nn.Module):
                 is valid when its whole receptive field is, so a padded batch gives the same
                 valid frames as one utterance at a time.
             mask: (B, T) frames to replace by `mask_emb` (masked prediction), or None.
+            channel_mask: (B, E) projected channels to zero in every frame (fairseq's
+                fine-tuning `mask_channel_*`), or None.
 
         Returns:
             `Features` with every hidden state, FFN output, padding mask and prediction.
@@ -416,6 +427,8 @@ class HuBERT(nn.Module):
         x = self.dropout_input(self.post_extract_proj(x))
         if mask is not None:
             x = torch.where(mask.unsqueeze(-1), self.mask_emb[: x.size(-1)].to(x.dtype), x)
+        if channel_mask is not None:
+            x = x.masked_fill(channel_mask.unsqueeze(1), 0.0)
         outputs, ffns = self.encoder(x, padding_mask)
         prediction = None
         if len(self.layer_pred_heads):
@@ -463,11 +476,33 @@ class DistilHuBERT(HuBERT):
         out = super().forward(wav, lengths, mask)
         return out._replace(prediction=self.output_layer(out.hidden_states[-1]))
 
-    def without_heads(self) -> HuBERT:
-        """The plain `HuBERT` (shared weights copied), for extraction and export."""
-        dense = HuBERT(self.cfg).to(self.mask_emb)
-        dense.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith("output_layer.")})
-        return dense.train(self.training)
+
+
+BLANK = "<blank>"  # token 0 of every CTC vocabulary
+
+
+class HuBERTCTC(HuBERT):
+    """A HuBERT with a CTC head for speech recognition (fairseq's `hubert_ctc`, `w2v_encoder.proj`).
+
+    `prediction` holds the logits over `vocab` (index 0 is the CTC blank) from the last layer
+    after `final_dropout`. `freeze_encoder` runs everything but the head without gradients:
+    fairseq fine-tunes the head alone for the first `freeze_finetune_updates` updates.
+    """
+
+    def __init__(self, cfg: ModelConfig, vocab: list, final_dropout: float = 0.0) -> None:
+        super().__init__(cfg)
+        if len(vocab) < 2 or vocab[0] != BLANK or len(set(vocab)) != len(vocab):
+            raise ValueError(f"a CTC vocabulary starts with {BLANK!r} and holds distinct tokens, got {vocab[:5]}...")
+        self.vocab = list(vocab)
+        self.final_dropout = nn.Dropout(final_dropout)
+        self.ctc_proj = nn.Linear(cfg.embed_dim, len(vocab))
+
+    def forward(self, wav: Tensor, lengths: Optional[Tensor] = None, mask: Optional[Tensor] = None,
+                channel_mask: Optional[Tensor] = None, freeze_encoder: bool = False) -> Features:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not freeze_encoder):
+            out = super().forward(wav, lengths, mask, channel_mask)
+        return out._replace(prediction=self.ctc_proj(self.final_dropout(out.hidden_states[-1])))
+
 
 
 FRONT_END = ("feature_extractor.", "layer_norm.", "post_extract_proj.")  # keys fed by the waveform's features

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from . import checkpoint, distributed, settings
-from .data import AudioDataset, Batch, BucketBatchSampler, CropCollate, SkipCounter, validation_batches
+from .data import AudioDataset, Batch, BucketBatchSampler, SkipCounter, batch_collate, validation_batches
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,8 @@ class Recipe(Protocol):
 
     name: ClassVar[str]  # the `method` setting that selects it
     trainer_defaults: ClassVar[dict]  # TrainConfig values this recipe changes
+    labels: ClassVar[Optional[str]]  # the label file the recipe learns from (`ltr`, ...), or None
+    batching: ClassVar[str]  # crop: crop each batch to its shortest (pre-training) | pad: whole utterances, padded
     settings: Any  # the recipe's own settings (a dataclass), saved in every checkpoint
     description: str  # what the progress bar calls the run, e.g. "stage 2"
 
@@ -116,7 +118,8 @@ class Recipe(Protocol):
         """Whether a step can leave trainable parameters out (elastic depth, layerdrop): DDP must know."""
 
     def subnets(self, step: int) -> list:
-        """The step's subnets (None for a fixed-shape student); the same on every rank."""
+        """The step's subnets (None for a fixed-shape student); the same on every rank. Called
+        once at the start of every step, so a recipe may set step-dependent state here too."""
 
     def valid_subnets(self) -> dict[str, Any]:
         """Name -> subnet scored at each validation."""
@@ -177,9 +180,10 @@ class Trainer:
         if cfg.precision != "fp32" and dev.type == "cpu" and not cfg.cpu_autocast:
             raise ValueError(f"precision {cfg.precision} on the CPU needs cpu_autocast: true (--set cpu_autocast=true); "
                              "it is slow on most CPUs, so use fp32 there")
-        # the manifests first: a typo there should not wait for a teacher to load
-        self.train_set = AudioDataset(train, min_samples=cfg.min_sample_size)
-        self.valid_set = AudioDataset(valid, min_samples=cfg.min_sample_size) if valid else None
+        # Padded batches keep whole utterances: longer ones are left out instead of cropped.
+        longest = cfg.max_sample_size if recipe.batching == "pad" else None
+        self.train_set = AudioDataset(train, cfg.min_sample_size, longest, recipe.labels)
+        self.valid_set = AudioDataset(valid, cfg.min_sample_size, longest, recipe.labels) if valid else None
         torch.manual_seed(cfg.seed)
         self.student = recipe.build(self.train_set, dev, self.ctx.is_main).to(dev).train()
         self.model = distributed.wrap(self.student, self.ctx, recipe.find_unused_parameters)
@@ -190,7 +194,7 @@ class Trainer:
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
         self.scaler = torch.amp.GradScaler(dev.type, enabled=cfg.precision == "fp16")
         self.sampler = BucketBatchSampler(self.train_set.sizes, cfg.max_batch_samples, cfg.seed, self.ctx.world_size,
-                                          self.ctx.rank, max_crop=cfg.max_sample_size)
+                                          self.ctx.rank, max_crop=longest or cfg.max_sample_size)
         self.step, self.epoch, self.batches_done = 0, 0, 0
         self.skipped = SkipCounter()
         self.bad_steps = self.bad_in_a_row = self.overflow_steps = 0
@@ -208,7 +212,8 @@ class Trainer:
     def _loader(self):
         self.sampler.set_position(self.epoch, self.batches_done)
         return iter(torch.utils.data.DataLoader(
-            self.train_set, batch_sampler=self.sampler, collate_fn=CropCollate(self.cfg.max_sample_size, self.cfg.seed),
+            self.train_set, batch_sampler=self.sampler,
+            collate_fn=batch_collate(self.recipe.batching, self.cfg.max_sample_size, self.cfg.seed),
             num_workers=self.cfg.num_workers, persistent_workers=False,
             generator=torch.Generator().manual_seed(self.cfg.seed)))  # keeps the global RNG (dropout) untouched
 
@@ -230,7 +235,7 @@ class Trainer:
                 log.warning("skipped %s", reason)
         if batch["wav"] is None:
             return None
-        return Batch(batch["wav"], None, batch["indices"]).to(self.ctx.device)
+        return Batch.from_collated(batch).to(self.ctx.device)
 
     def usable_batch(self) -> Batch:
         """The next batch such that every rank has audio (a rank whose batch held only bad files
@@ -298,7 +303,7 @@ class Trainer:
         names = list(self.recipe.valid_subnets())
         sums = torch.zeros(len(names) + 1, dtype=torch.float64, device=self.ctx.device)  # per subnet, then the count
         for b, batch in validation_batches(self.valid_set, self.cfg.max_batch_samples, self.cfg.max_sample_size,
-                                           self.cfg.seed, self.ctx.world_size, self.ctx.rank):
+                                           self.cfg.seed, self.ctx.world_size, self.ctx.rank, self.recipe.batching):
             batch = batch.to(self.ctx.device)
             with self.autocast():
                 target = self.recipe.targets(batch)

@@ -3,6 +3,7 @@
 - `lighthubert`: LightHuBERT's stage 1 and stage 2 (`recipes/lighthubert.py`)
 - `distilhubert`: DistilHuBERT (`recipes/distilhubert.py`)
 - `hubert`: HuBERT pre-training of a teacher from MFCC units (`recipes/hubert.py`)
+- `ctc`: CTC fine-tuning for speech recognition (`recipes/ctc.py`)
 
 A run's settings are the recipe's name (`method`), the trainer's `TrainConfig` and the
 recipe's own settings dataclass. In YAML they are either sectioned
@@ -20,13 +21,14 @@ from typing import Any, Optional, Sequence, Union
 
 from .. import settings
 from ..trainer import Recipe, TrainConfig
+from .ctc import CTCFinetuneConfig, CTCRecipe
 from .distilhubert import DistilHuBERTConfig, DistilHuBERTRecipe
 from .hubert import HuBERTPretrainConfig, HuBERTRecipe
 from .lighthubert import LightHuBERTDistillConfig, LightHuBERTRecipe
 
-RECIPES: dict[str, type] = {r.name: r for r in (LightHuBERTRecipe, DistilHuBERTRecipe, HuBERTRecipe)}
+RECIPES: dict[str, type] = {r.name: r for r in (LightHuBERTRecipe, DistilHuBERTRecipe, HuBERTRecipe, CTCRecipe)}
 
-__all__ = ["RECIPES", "RunConfig", "DistilHuBERTConfig", "DistilHuBERTRecipe", "HuBERTPretrainConfig", "HuBERTRecipe",
+__all__ = ["RECIPES", "RunConfig", "CTCFinetuneConfig", "CTCRecipe", "DistilHuBERTConfig", "DistilHuBERTRecipe", "HuBERTPretrainConfig", "HuBERTRecipe",
            "LightHuBERTDistillConfig", "LightHuBERTRecipe"]
 
 

@@ -55,6 +55,8 @@ class DistilHuBERTRecipe:
     Settings: ClassVar[type] = DistilHuBERTConfig
     # The paper's recipe (peers §1.5): lr 2e-4 with 7% warm-up then linear decay, clipping 5,
     # 24 utterances of at most 250,000 samples, 200k steps, no length filter.
+    labels: ClassVar[Optional[str]] = None
+    batching: ClassVar[str] = "crop"
     trainer_defaults: ClassVar[dict] = {
         "lr": 2e-4, "schedule": "linear", "warmup": 0.07, "hold": 0.0, "grad_clip": 5.0, "weight_decay": 1e-6,
         "max_steps": 200_000, "max_sample_size": 250_000, "max_batch_samples": 24 * 250_000, "min_sample_size": 0}

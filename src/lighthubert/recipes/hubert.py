@@ -176,6 +176,8 @@ class HuBERTRecipe:
     description: ClassVar[str] = "hubert"
     Settings: ClassVar[type] = HuBERTPretrainConfig
     # fairseq hubert_base_librispeech.yaml: 8% warm-up then linear decay, crops of 250,000 samples.
+    labels: ClassVar[Optional[str]] = None
+    batching: ClassVar[str] = "crop"
     trainer_defaults: ClassVar[dict] = {"schedule": "linear", "warmup": 0.08, "hold": 0.0, "max_sample_size": 250_000}
 
     def __init__(self, settings: HuBERTPretrainConfig, teacher: Optional[str] = None, init: Optional[str] = None,

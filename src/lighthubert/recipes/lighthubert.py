@@ -74,6 +74,8 @@ class LightHuBERTRecipe:
     """
 
     name: ClassVar[str] = "lighthubert"
+    labels: ClassVar[Optional[str]] = None
+    batching: ClassVar[str] = "crop"
     trainer_defaults: ClassVar[dict] = {}
     Settings: ClassVar[type] = LightHuBERTDistillConfig
 
