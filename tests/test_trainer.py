@@ -363,7 +363,7 @@ def _distill_cmd(setup: Path, out: Path, stage: int, init: Path | None, *extra: 
     stage2 = ["--init", str(init), "--set", "sampling=sandwich", "--set", "sandwich_random=1"] if stage == 2 else []
     return ["distill", "--stage", str(stage), "--teacher", str(setup / "teacher"), "--train", str(setup / "train.tsv"),
             "--config", str(setup / "distill.yaml"), "--out", str(out), "--set", "max_steps=10", "--set", "valid_every=100",
-            "--set", "save_every=1", "--set", "keep_last=2", *stage2, *extra]
+            "--set", "save_every=1", "--set", "keep_last=2", "--set", "num_workers=2", *stage2, *extra]
 
 
 def _processes_writing(out: Path) -> list[int]:
@@ -394,6 +394,11 @@ def _kill_at(cmd: list[str], out: Path, step: int) -> None:
     assert done and done[-1] < 10, "the run was not killed in the middle"
 
 
+def _assert_logged_once(run: Path) -> None:
+    steps = [r["step"] for r in _log(run) if r["type"] == "train"]
+    assert steps == list(range(1, 11)), steps  # the steps replayed after the kill are logged once
+
+
 def _assert_identical(a: Path, b: Path) -> None:
     x, y = checkpoint.load_file(a)["model"], checkpoint.load_file(b)["model"]
     assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), [k for k in x if not torch.equal(x[k], y[k])]
@@ -402,6 +407,7 @@ def _assert_identical(a: Path, b: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [1, 2])
 def test_resume_after_sigkill_is_bit_identical(train_setup, stage1_ckpt, stage, tmp_path):
+    """With 2 DataLoader workers, killed mid-epoch: the resumed run ends bit-identical."""
     python = [sys.executable, "-m", "lighthubert"]
     subprocess.run(python + _distill_cmd(train_setup, tmp_path / "full", stage, stage1_ckpt), check=True, env=ENV,
                    capture_output=True)
@@ -409,6 +415,7 @@ def test_resume_after_sigkill_is_bit_identical(train_setup, stage1_ckpt, stage, 
     subprocess.run(python + _distill_cmd(train_setup, tmp_path / "killed", stage, stage1_ckpt, "--resume"), check=True,
                    env=ENV, capture_output=True)
     _assert_identical(tmp_path / "full" / "step-10.pt", tmp_path / "killed" / "step-10.pt")
+    _assert_logged_once(tmp_path / "killed")
 
 
 @pytest.mark.slow
@@ -502,10 +509,12 @@ def test_ddp_layerdrop_and_distilhubert(train_setup, tmp_path):
 
 @pytest.mark.slow
 def test_ddp_resume_after_sigkill_is_bit_identical(train_setup, tmp_path):
-    """2 ranks with dropout: each rank must resume its own RNG state, not rank 0's."""
+    """2 ranks with dropout and 2 DataLoader workers each: every rank must resume its own RNG
+    state (not rank 0's) and its own place in the epoch."""
     full = TORCHRUN + _distill_cmd(train_setup, tmp_path / "full", 1, None, "--set", "max_batch_samples=32000")
     subprocess.run(full, check=True, env=ENV, capture_output=True)
     killed = TORCHRUN + _distill_cmd(train_setup, tmp_path / "killed", 1, None, "--set", "max_batch_samples=32000")
     _kill_at(killed, tmp_path / "killed", 4)
     subprocess.run(killed + ["--resume"], check=True, env=ENV, capture_output=True)
     _assert_identical(tmp_path / "full" / "step-10.pt", tmp_path / "killed" / "step-10.pt")
+    _assert_logged_once(tmp_path / "killed")

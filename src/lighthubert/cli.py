@@ -21,7 +21,8 @@ from .model import HuBERT
 from .space import SearchSpace, SubnetConfig, count_macs, count_subnet_params, format_count, format_table
 from .supernet import LightHuBERT
 from .recipes import RunConfig
-from .trainer import Trainer, TrainingError
+from .runfolder import RunFolder
+from .trainer import Interrupted, Trainer, TrainingError
 
 log = logging.getLogger("lighthubert")
 
@@ -173,7 +174,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if missing:
         raise ValueError(f"{args.command} needs {', '.join(missing)}")
     out = Path(args.out)
-    if not args.resume and any(out.glob("step-*.pt")):
+    if not args.resume and RunFolder(out).checkpoints():
         raise ValueError(f"{out} already holds checkpoints; pass --resume to continue that run or choose another --out")
     ctx = distributed.init(cfg.train.device)
     try:
@@ -511,6 +512,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
+    except Interrupted as e:
+        print(f"lighthubert: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("lighthubert: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, OSError, yaml.YAMLError, TrainingError) as e:
         print(f"lighthubert: error: {e}", file=sys.stderr)
         return 2

@@ -364,6 +364,25 @@ class AudioDataset(Dataset):
             return {"index": i, "wav": None, "error": e.reason}
         return {"index": i, "wav": wav, "error": None, "labels": None if self.labels is None else self.labels[i]}
 
+    def keep_at_least(self, samples: int) -> list[str]:
+        """Leaves out the utterances shorter than `samples` (e.g. what the model needs for two
+        frames, when `min_samples` asked for less) and checks loaded files against it too.
+
+        Returns:
+            One skip reason per utterance left out (`SkipCounter`'s "too short" kind).
+        """
+        if samples <= self.min_samples:
+            return []
+        short = [i for i, n in enumerate(self.sizes) if n < samples]
+        reasons = [f"too short: {self.root / self.paths[i]}: {self.sizes[i]} samples, the model needs at least {samples}"
+                   for i in short]
+        keep = [i for i in range(len(self.sizes)) if self.sizes[i] >= samples]
+        self.paths, self.sizes, self.lines = ([x[i] for i in keep] for x in (self.paths, self.sizes, self.lines))
+        if self.labels is not None:
+            self.labels = [self.labels[i] for i in keep]
+        self.min_samples = samples
+        return reasons
+
     def label_source(self, i: int) -> str:
         """`file:line` of item `i`'s labels, for messages."""
         return f"{self.label_file or self.manifest}:{self.lines[i] - 1}"
@@ -427,7 +446,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.seed, self.num_replicas, self.rank = seed, num_replicas, rank
         self.shuffle, self.drop_last, self.even = shuffle, drop_last, even
         self.epoch = 0
-        self._resume: Optional[tuple[int, int]] = None  # (epoch, batches to skip) for the next __iter__
+        self.skip = 0  # batches of `epoch` already done (`set_position`); every __iter__ starts after them
         if even and len(self) == 0:
             raise ValueError(f"{len(self.batches)} batch(es) for {num_replicas} ranks leaves none per rank; "
                              "lower max_batch_samples, add data or set drop_last=False")
@@ -440,19 +459,23 @@ class BucketBatchSampler(Sampler[list[int]]):
         return n // r if self.drop_last else -(-n // r)
 
     def set_epoch(self, epoch: int) -> None:
-        """Selects the batch order of `epoch`; call before each epoch, as with `DistributedSampler`."""
-        self.epoch = epoch
+        """Selects the batch order of `epoch` from its start; call before each epoch, as with
+        `DistributedSampler`."""
+        self.epoch, self.skip = epoch, 0
 
     def set_position(self, epoch: int, batches_done: int) -> None:
-        """Resumes mid-epoch: the next `__iter__` yields `epoch`'s batches after the first `batches_done`.
+        """Resumes mid-epoch: `__iter__` yields `epoch`'s batches after the first `batches_done`.
+
+        The position holds for every `__iter__` until the next `set_position` or `set_epoch`:
+        torch's DataLoader calls `iter(batch_sampler)` twice when it starts worker processes,
+        and a skip spent by the first call replayed the epoch from its first batch.
 
         Raises:
             ValueError: `batches_done` outside 0..len(self).
         """
         if not 0 <= batches_done <= len(self):
             raise ValueError(f"batches_done must be in 0..{len(self)} (batches per rank), got {batches_done}")
-        self.epoch = epoch
-        self._resume = (epoch, batches_done)
+        self.epoch, self.skip = epoch, batches_done
 
     def __iter__(self) -> Iterator[list[int]]:
         order = list(range(len(self.batches)))
@@ -461,10 +484,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         if self.even:
             total = len(self) * self.num_replicas
             order = [order[k % len(order)] for k in range(total)]  # drop the tail, or repeat from the head
-        skip = self._resume[1] if self._resume and self._resume[0] == self.epoch else 0
-        self._resume = None
-        # A list, not a generator, so the resume offset is consumed when iteration starts.
-        return iter([list(self.batches[b]) for b in order[self.rank :: self.num_replicas][skip:]])
+        return iter([list(self.batches[b]) for b in order[self.rank :: self.num_replicas][self.skip :]])
 
 
 class CropCollate:

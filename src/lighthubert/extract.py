@@ -24,10 +24,7 @@ log = logging.getLogger(__name__)
 
 def min_samples(model: HuBERT) -> int:
     """Shortest waveform that yields one frame (400 samples, 25 ms, for HuBERT's front end)."""
-    n = 1
-    for c in reversed(model.cfg.conv_layers):
-        n = (n - 1) * c[2] + c[1]
-    return n
+    return model.feature_extractor.min_samples(1)
 
 
 @torch.inference_mode()

@@ -185,6 +185,13 @@ class FeatureExtractor(nn.Module):
             x = block(x, lengths)
         return x
 
+    def min_samples(self, frames: int = 1) -> int:
+        """The fewest samples that give `frames` frames (400 for one, 720 for two, with HuBERT's front end)."""
+        n = frames
+        for block in reversed(self.conv_layers):
+            n = (n - 1) * block.conv.stride[0] + block.conv.kernel_size[0]
+        return n
+
     def output_lengths(self, lengths: Tensor) -> Tensor:
         """Frames produced from `lengths` samples (B,), as torchaudio's `_get_feat_extract_output_lengths`."""
         for block in self.conv_layers:

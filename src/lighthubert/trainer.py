@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import random
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from . import checkpoint, distributed, settings
+from .runfolder import RunFolder, checkpoint_name
 from .data import AudioDataset, Batch, BucketBatchSampler, SkipCounter, batch_collate, validation_batches
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,10 @@ class TrainingError(RuntimeError):
     """The run cannot go on (e.g. many non-finite steps in a row); the message says what to do."""
 
 
+class Interrupted(TrainingError):
+    """Ctrl-C (SIGINT) during a run; the message says where `--resume` continues from."""
+
+
 def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """`"key: saved -> now"` for each setting that differs between two run configs, except
     `RESUMABLE` ones. Both are `{"method", "trainer": {...}, "recipe": {...}}`; a saved config
@@ -177,6 +181,11 @@ class Trainer:
         self.recipe, self.cfg, self.out = recipe, cfg, Path(out)
         self.ctx = ctx or distributed.init(cfg.device)
         dev = self.ctx.device
+        self.folder = RunFolder(self.out)
+        if self.ctx.is_main:  # before anything is read or written there
+            self.folder.lock()
+            self.folder.remove_temporary()
+        self.written: list[str] = []  # checkpoint names this run wrote, oldest first: the only ones it prunes
         if cfg.precision != "fp32" and dev.type == "cpu" and not cfg.cpu_autocast:
             raise ValueError(f"precision {cfg.precision} on the CPU needs cpu_autocast: true (--set cpu_autocast=true); "
                              "it is slow on most CPUs, so use fp32 there")
@@ -186,6 +195,17 @@ class Trainer:
         self.valid_set = AudioDataset(valid, cfg.min_sample_size, longest, recipe.labels) if valid else None
         torch.manual_seed(cfg.seed)
         self.student = recipe.build(self.train_set, dev, self.ctx.is_main).to(dev).train()
+        # Two frames at least (GroupNorm over one frame fails in training), whatever min_sample_size
+        # allows: a crop to the shortest utterance of a batch can never go below it.
+        need = self.student.feature_extractor.min_samples(2)
+        self.skipped = SkipCounter()
+        for dataset in (self.train_set, self.valid_set):
+            for reason in dataset.keep_at_least(need) if dataset is not None else []:
+                self.skipped.add(reason)
+        if len(self.skipped):
+            log.info("%s shorter than the model's %d samples (2 frames)", self.skipped.summary(), need)
+        if len(self.train_set) == 0:
+            raise ValueError(f"{train}: no utterance of at least {max(need, cfg.min_sample_size)} samples to train on")
         self.model = distributed.wrap(self.student, self.ctx, recipe.find_unused_parameters)
         trainable = [p for p in self.student.parameters() if p.requires_grad]
         # fused: one kernel over all 95M supernet parameters, ~3x faster than the per-tensor loop on CPU
@@ -196,7 +216,6 @@ class Trainer:
         self.sampler = BucketBatchSampler(self.train_set.sizes, cfg.max_batch_samples, cfg.seed, self.ctx.world_size,
                                           self.ctx.rank, max_crop=longest or cfg.max_sample_size)
         self.step, self.epoch, self.batches_done = 0, 0, 0
-        self.skipped = SkipCounter()
         self.bad_steps = self.bad_in_a_row = self.overflow_steps = 0
         self._batches = None
 
@@ -326,10 +345,25 @@ class Trainer:
 
     def save(self) -> Optional[Path]:
         """Rank 0 writes `step-N.pt` atomically (the recipe's format + training state, with every
-        rank's RNG state); keeps the last K. Every rank must call it (the RNG states are gathered)."""
+        rank's RNG state); keeps the last `keep_last` this run wrote. Every rank must call it
+        (the RNG states are gathered).
+
+        Raises:
+            TrainingError: the weights are not finite (never saved as a run's result).
+        """
         rng = distributed.gather_object(self._rng_state(), self.ctx)
         if not self.ctx.is_main:
             return None
+        bad = [n for n, p in self.student.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            last = self.out / self.written[-1] if self.written else None
+            raise TrainingError(f"the weights are not finite at step {self.step} ({len(bad)} tensors, e.g. {bad[0]}); "
+                                f"not saved. {f'The last good checkpoint is {last}' if last else 'No checkpoint was written'}: "
+                                "lower lr, raise warmup or use fp32, then --resume")
+        path = self.out / checkpoint_name(self.step)
+        if path.name in self.written:
+            self.written.remove(path.name)
+        self.written.append(path.name)
         ckpt = self.recipe.save(self.student)
         ckpt["trainer"] = {
             "config": self.run_config(),
@@ -337,38 +371,38 @@ class Trainer:
             "world_size": self.ctx.world_size,
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
             "rng": rng, "skipped": self.skipped.state(), "bad_steps": self.bad_steps,
-            "overflow_steps": self.overflow_steps,
+            "overflow_steps": self.overflow_steps, "written": list(self.written),
         }
-        path = self.out / f"step-{self.step}.pt"
         checkpoint.save_file(ckpt, path)
-        for old in sorted(self.out.glob("step-*.pt"), key=_step_of)[: -self.cfg.keep_last]:
-            old.unlink()
+        self.written = self.folder.prune(self.written, self.cfg.keep_last)
         return path
 
     def resume(self) -> bool:
-        """Loads the newest `step-N.pt` in the run folder; False when there is none.
+        """Loads the newest readable `step-N.pt` in the run folder (a damaged newer one is reported
+        and passed over); False when there is none.
 
         Raises:
             ValueError: the checkpoint was written with other settings (names them).
         """
-        found = sorted(self.out.glob("step-*.pt"), key=_step_of)
-        if not found:
+        found = self.folder.newest_readable(checkpoint.load_file)
+        if found is None:
             return False
-        ckpt = checkpoint.load_file(found[-1])
+        path, ckpt = found
         state = ckpt.get("trainer")
         if not isinstance(state, dict):
-            raise ValueError(f"{found[-1]}: no training state to resume from")
+            raise ValueError(f"{path}: no training state to resume from")
         changed = changed_settings(state["config"], self.run_config())
         if changed:
-            raise ValueError(f"{found[-1]} was written with other settings ({'; '.join(changed)}); resume with the same "
+            raise ValueError(f"{path} was written with other settings ({'; '.join(changed)}); resume with the same "
                              f"settings (only {', '.join(RESUMABLE)} may change) or choose another --out")
-        self.recipe.restore(self.student, ckpt, str(found[-1]))
+        self.recipe.restore(self.student, ckpt, str(path))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batches_done = state["step"], state["epoch"], state["batches_done"]
         self.skipped.load(state["skipped"])
         self.bad_steps = state["bad_steps"]
         self.overflow_steps = state.get("overflow_steps", 0)
+        self.written = list(state.get("written", [path.name]))
         rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # older checkpoints: rank 0's only
         if len(rng) == self.ctx.world_size:
             mine = rng[self.ctx.rank]
@@ -378,12 +412,14 @@ class Trainer:
                 torch.cuda.set_rng_state(mine["device"], self.ctx.device)
         else:  # another number of processes shards the data differently: start the next epoch afresh
             log.warning("%s was written by %d process(es), resumed by %d: the data order and random streams restart "
-                        "at the next epoch, so the run will not match an uninterrupted one", found[-1], len(rng),
+                        "at the next epoch, so the run will not match an uninterrupted one", path, len(rng),
                         self.ctx.world_size)
             self.epoch, self.batches_done = self.epoch + 1, 0
             torch.manual_seed(self.cfg.seed * 1_000_003 + self.step * 31 + self.ctx.rank)
+        if self.ctx.is_main:
+            self.folder.trim_log(self.step)  # the steps after the checkpoint run again: log them once
         self._batches = None
-        log.info("resumed from %s at step %d", found[-1], self.step)
+        log.info("resumed from %s at step %d", path, self.step)
         return True
 
     # -- the run ------------------------------------------------------------------------------
@@ -395,48 +431,56 @@ class Trainer:
             (self.out / "config.yaml").write_text(settings.dump(self.run_config()))
         logf = open(self.out / "log.jsonl", "a") if main else None
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not main, unit="step", desc=self.recipe.description)
-        valid: dict[str, float] = {}
-        started, audio = time.perf_counter(), 0.0
         try:
-            while self.step < cfg.max_steps:
-                stats = self.train_step()
-                audio += stats["audio_seconds"] * self.ctx.world_size
-                speed = audio / max(time.perf_counter() - started, 1e-9)
-                bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}", audio_s_per_s=f"{speed:.1f}")
-                bar.update(1)
-                if cfg.check_sync_every and self.step % cfg.check_sync_every == 0:
-                    if not all(distributed.parameters_equal(self.model, self.ctx)):
-                        raise TrainingError(f"ranks hold different parameters at step {self.step}")
-                if self.bad_in_a_row >= cfg.max_bad_steps:
-                    path = self.save()
-                    raise TrainingError(
-                        f"{self.bad_in_a_row} non-finite steps in a row at step {self.step}; the weights from before "
-                        f"the blow-up are in {path or self.out}. Lower lr, raise warmup or use fp32, then --resume")
-                if main and (self.step % cfg.log_every == 0 or self.step == cfg.max_steps):
-                    logf.write(json.dumps({"type": "train", "step": self.step, **stats, "audio_seconds_per_second": speed}) + "\n")
-                    logf.flush()
-                if self.step % cfg.valid_every == 0 or self.step == cfg.max_steps:
-                    valid = self.validate()
-                    if main and valid:
-                        logf.write(json.dumps({"type": "valid", "step": self.step, "loss": valid}) + "\n")
-                        logf.flush()
-                        log.info("step %d valid loss %s", self.step, {k: round(v, 5) for k, v in valid.items()})
-                if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
-                    self.save()
-            summary = {"type": "summary", "step": self.step, "valid": valid, "skipped": self.skipped.summary(),
-                       "non_finite_steps": self.bad_steps, "scaler_overflow_steps": self.overflow_steps}
-            if main:
-                logf.write(json.dumps(summary) + "\n")
-                log.info("done at step %d; %s; %d non-finite steps skipped; %d fp16 overflow steps skipped by the "
-                         "gradient scaler", self.step, self.skipped.summary(), self.bad_steps, self.overflow_steps)
-            distributed.barrier(self.ctx)  # leave together: gloo aborts a rank torn down while another still writes
-            return summary
+            return self._run(logf, bar)
+        except KeyboardInterrupt:
+            last = self.out / self.written[-1] if self.written else None
+            raise Interrupted(f"interrupted at step {self.step}; "
+                              + (f"--resume continues from {last}" if last else "no checkpoint written yet")) from None
         finally:
             bar.close()
             if logf:
                 logf.close()
+            if main:
+                self.folder.unlock()
+
+    def _run(self, logf: Optional[Any], bar: tqdm) -> dict[str, Any]:
+        """`fit`'s loop: steps, logs, validations and checkpoints until `max_steps`."""
+        cfg, main = self.cfg, self.ctx.is_main
+        valid: dict[str, float] = {}
+        started, audio = time.perf_counter(), 0.0
+        while self.step < cfg.max_steps:
+            stats = self.train_step()
+            audio += stats["audio_seconds"] * self.ctx.world_size
+            speed = audio / max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}", audio_s_per_s=f"{speed:.1f}")
+            bar.update(1)
+            if cfg.check_sync_every and self.step % cfg.check_sync_every == 0:
+                if not all(distributed.parameters_equal(self.model, self.ctx)):
+                    raise TrainingError(f"ranks hold different parameters at step {self.step}")
+            if self.bad_in_a_row >= cfg.max_bad_steps:
+                path = self.save()
+                raise TrainingError(
+                    f"{self.bad_in_a_row} non-finite steps in a row at step {self.step}; the weights from before "
+                    f"the blow-up are in {path or self.out}. Lower lr, raise warmup or use fp32, then --resume")
+            if main and (self.step % cfg.log_every == 0 or self.step == cfg.max_steps):
+                logf.write(json.dumps({"type": "train", "step": self.step, **stats, "audio_seconds_per_second": speed}) + "\n")
+                logf.flush()
+            if self.step % cfg.valid_every == 0 or self.step == cfg.max_steps:
+                valid = self.validate()
+                if main and valid:
+                    logf.write(json.dumps({"type": "valid", "step": self.step, "loss": valid}) + "\n")
+                    logf.flush()
+                    log.info("step %d valid loss %s", self.step, {k: round(v, 5) for k, v in valid.items()})
+            if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
+                self.save()
+        summary = {"type": "summary", "step": self.step, "valid": valid, "skipped": self.skipped.summary(),
+                   "non_finite_steps": self.bad_steps, "scaler_overflow_steps": self.overflow_steps}
+        if main:
+            logf.write(json.dumps(summary) + "\n")
+            log.info("done at step %d; %s; %d non-finite steps skipped; %d fp16 overflow steps skipped by the "
+                     "gradient scaler", self.step, self.skipped.summary(), self.bad_steps, self.overflow_steps)
+        distributed.barrier(self.ctx)  # leave together: gloo aborts a rank torn down while another still writes
+        return summary
 
 
-def _step_of(path: Path) -> int:
-    m = re.match(r"step-(\d+)\.pt$", path.name)
-    return int(m.group(1)) if m else -1
