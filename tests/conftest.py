@@ -65,6 +65,17 @@ def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return model
 
 
+def demo_like_supernet(seed: int = 0) -> LightHuBERT:
+    """The demo's space on the tiny front end: 64-dim heads, embed dims 96 / 144 / 192 (not all
+    multiples of 64), so subnets are narrower than the supernet's mask_emb and transformers'
+    HubertModel cannot hold most of them."""
+    cfg = ModelConfig(conv_layers=TINY_CONV, embed_dim=192, heads=[3] * 3, ffn_dim=[768] * 3, head_dim=64, conv_pos=16,
+                      conv_pos_groups=16, pred_dim=32, normalize=False)
+    torch.manual_seed(seed)
+    space = SearchSpace("demo-like", cfg, (96, 144, 192), (1, 2, 3), (2.0, 3.0, 4.0), (2, 3))
+    return randomize_(LightHuBERT(space), seed + 1).eval()
+
+
 @pytest.fixture(scope="session")
 def tiny_space() -> SearchSpace:
     return tiny_search_space()

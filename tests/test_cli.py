@@ -1,6 +1,7 @@
 """`lighthubert` CLI: extract and info on real and generated files; each bad input is one line."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +11,15 @@ import pytest
 import soundfile as sf
 import torch
 
-from lighthubert import checkpoint
+from lighthubert import checkpoint, demo
 from lighthubert.cli import main
 from lighthubert.data import synthetic_speech
+from lighthubert.export import save_compact
+from lighthubert.model import HuBERT, ModelConfig
+from lighthubert.space import SubnetConfig
 from lighthubert.supernet import LightHuBERT
+
+from conftest import TINY_CONV, demo_like_supernet
 
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
 
@@ -133,3 +139,62 @@ def test_info_on_a_dense_model_points_to_teacher_info(tiny_checkpoint, tmp_path,
 def test_console_script_is_installed():
     done = subprocess.run([sys.executable, "-m", "lighthubert", "info", "--space", "small"], capture_output=True, text=True)
     assert done.returncode == 0 and "26,879,744" in done.stdout
+
+
+def test_one_parameter_count_for_one_model(tmp_path, capsys):
+    """The issue's subnet e144 h[1,3,1] f[288,288,576] x3 of a 192-wide supernet: `info`,
+    `teacher-info` on the supernet and on its compact and hf exports, the search's records
+    and the demo's rows give one number, the official rule's, counted here from the tensors."""
+    supernet = demo_like_supernet()
+    sub = SubnetConfig(144, (1, 3, 1), (288, 288, 576))
+    dense, _ = supernet.export(sub)
+    tensors = dict(dense.named_parameters())
+    head = sum(v.numel() for k, v in tensors.items() if k.startswith("layer_pred_heads."))
+    weight_g = tensors["encoder.pos_conv.0.weight_g"].numel()
+    official = sum(v.numel() for v in tensors.values()) - head - weight_g + (192 - 144)  # mask_emb at 192
+    ckpt = tmp_path / "supernet.pt"
+    checkpoint.save_file(checkpoint.official_checkpoint(supernet), ckpt)  # records sub as its subnet
+    subnet = json.dumps({"embed_dim": 144, "heads": [1, 3, 1], "ffn_dim": [288, 288, 576]})
+
+    def info(*argv):
+        assert main([str(a) for a in argv] + ["--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    counted = {"info": info("info", "--checkpoint", ckpt, "--subnet", subnet)["subnets"][0]["params"],
+               "teacher-info": info("teacher-info", ckpt)["parameters"], "demo": demo.counts(dense)["params"]}
+    for fmt, heads in (("compact", head), ("hf", 0)):  # the compact export keeps the prediction head
+        assert main(["export", "--checkpoint", str(ckpt), "--format", fmt, "--output", str(tmp_path / fmt)]) == 0
+        capsys.readouterr()
+        doc = info("teacher-info", tmp_path / fmt)
+        counted[f"teacher-info {fmt}"] = doc["parameters"]
+        assert doc["all_weights"] == official - (192 - 144) + weight_g + heads  # every tensor the export holds
+    assert counted == dict.fromkeys(counted, official), counted
+
+    # the search: every record holds the count `info` gives for its subnet
+    teacher_cfg = ModelConfig(conv_layers=TINY_CONV, embed_dim=32, heads=[1, 1], ffn_dim=[64, 64], head_dim=32,
+                              conv_pos=16, conv_pos_groups=16, pred_dim=0, normalize=False)
+    save_compact(HuBERT(teacher_cfg).eval(), teacher_cfg, tmp_path / "teacher")
+    for i in range(2):
+        sf.write(tmp_path / f"v{i}.wav", synthetic_speech(0.5, 120.0 + 40 * i, seed=i).numpy(), 16000)
+    (tmp_path / "valid.tsv").write_text(f"{tmp_path}\nv0.wav\t8000\nv1.wav\t8000\n")
+    assert main(["search", "--checkpoint", str(ckpt), "--teacher", str(tmp_path / "teacher"), "--valid",
+                 str(tmp_path / "valid.tsv"), "--out", str(tmp_path / "search"), "--population", "2", "--generations", "1",
+                 "--target-layers", "1", "--device", "cpu", "--quiet"]) == 0
+    capsys.readouterr()
+    records = [json.loads(line) for line in (tmp_path / "search" / "history.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+    for rec in records:
+        assert rec["params"] == info("info", "--checkpoint", ckpt, "--subnet", json.dumps(rec["subnet"]))["subnets"][0]["params"]
+
+
+def test_teacher_info_keeps_supernet_and_subnet_apart(tmp_path, capsys):
+    supernet = demo_like_supernet()
+    supernet.set_subnet(SubnetConfig(144, (2,) * 3, (432,) * 3))
+    checkpoint.save_file(checkpoint.official_checkpoint(supernet), tmp_path / "s.pt")
+    code, out, _ = run(capsys, "teacher-info", tmp_path / "s.pt")
+    lines = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in out.splitlines())
+    assert code == 0 and lines["supernet (maximum shape)"] == "e192 h3 f768 x3"
+    assert lines["active subnet"] == "e144 h2 f432 x3" and lines["format"] == "lighthubert"
+    assert lines["parameters (official rule)"] == f"{supernet.num_params():,}"
+    assert lines["all weights (whole supernet)"] == f"{sum(p.numel() for p in supernet.parameters()):,}"
+    assert "embed_dim" not in lines  # no unlabelled width that could be either's

@@ -13,12 +13,13 @@ import logging
 import os
 import pickle
 import re
-import tempfile
+import secrets
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from safetensors.torch import load_file as load_safetensors
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from . import convert
@@ -83,16 +84,30 @@ def _first_line(e: BaseException) -> str:
 
 def save_file(obj: dict[str, Any], path: Union[str, Path]) -> None:
     """`torch.save` to a temporary file in the same folder, then rename: never half-written."""
-    path = Path(path)
+    _write_atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
+def save_tensors(tensors: dict[str, Tensor], path: Union[str, Path], metadata: Optional[dict[str, str]] = None) -> None:
+    """A safetensors file, written as `save_file` writes (safetensors' own `save_file` makes
+    it owner-only, 0600)."""
+    _write_atomic(Path(path), lambda tmp: tmp.write_bytes(safetensors_bytes(tensors, metadata)))
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` to a temporary file beside `path`, then rename it to `path`.
+
+    The file gets the user's umask like any other file written here (`tempfile.mkstemp`
+    would make it owner-only, 0600, unlike the `config.json` beside it).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # 0o666 & ~umask
     try:
-        torch.save(obj, tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp.exists():
+            tmp.unlink()
 
 
 def load_state(model: torch.nn.Module, state: dict[str, Tensor], source: str) -> None:
@@ -161,7 +176,7 @@ def official_checkpoint(model, stage1: bool = False) -> dict[str, Any]:
 
 
 # -- loading any checkpoint ----------------------------------------------------------------------
-FORMATS = ("lighthubert", "fairseq", "s3prl", "transformers", "torchaudio", "compact")
+FORMATS = ("lighthubert", "fairseq", "distilhubert", "transformers", "torchaudio", "compact")
 COMPACT_FORMAT = "lighthubert-compact"  # config.json "format" of a compact export
 
 
@@ -177,7 +192,7 @@ def detect_format(obj: Union[dict[str, Any], Path]) -> str:
             raise CheckpointError(f"{cfg_path}: invalid JSON ({e})") from None
         return "compact" if isinstance(cfg, dict) and cfg.get("format") == COMPACT_FORMAT else "transformers"
     if isinstance(obj.get("Distiller"), dict) and isinstance(obj.get("Config"), dict):
-        return "s3prl"
+        return "distilhubert"
     cfg = obj.get("cfg")
     name = cfg.get("model", {}).get("_name") if isinstance(cfg, dict) and isinstance(cfg.get("model"), dict) else None
     if name in ("hubert_pruner", "student_hubert"):
@@ -232,7 +247,7 @@ def load_with_format(path: Union[str, Path]):
 def model_from_dict(ckpt: dict[str, Any], source: str) -> tuple[str, HuBERT, list[str]]:
     """The model in an already loaded checkpoint dict: (format, model, dropped keys)."""
     kind = detect_format(ckpt)
-    loader = {"lighthubert": load_official, "fairseq": _load_fairseq, "s3prl": load_distiller,
+    loader = {"lighthubert": load_official, "fairseq": _load_fairseq, "distilhubert": load_distiller,
               "torchaudio": _load_torchaudio}[kind]
     model, dropped = loader(ckpt, source)
     return kind, model, dropped
@@ -316,6 +331,11 @@ def _load_torchaudio(state: dict[str, Tensor], source: str):
 
 def _load_transformers(path: Path):
     cfg = json.loads((path / "config.json").read_text())
+    if cfg.get("model_type") == "lighthubert":  # our remote-code export (export.save_hf): our keys under `hubert.`
+        if not isinstance(cfg.get("lighthubert"), dict):
+            raise CheckpointError(f"{path / 'config.json'}: model_type lighthubert without its 'lighthubert' model config")
+        state = {k.removeprefix("hubert."): v for k, v in _read_weights(path).items()}
+        return _dense(ModelConfig.from_dict(cfg["lighthubert"]), state, str(path)), []
     normalize = None
     pre = path / "preprocessor_config.json"
     if pre.is_file():

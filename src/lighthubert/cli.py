@@ -8,17 +8,17 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import torch
 import yaml
 
 from . import checkpoint, data, demo, distributed, probes, search
 from .export import FORMATS as EXPORT_FORMATS
-from .export import export_subnet
+from .export import export_subnet, how_to_load
 from .extract import extract_files
 from .model import HuBERT
-from .space import SearchSpace, SubnetConfig, count_macs, count_subnet_params, format_count, format_table
+from .space import SearchSpace, SubnetConfig, count_macs, count_params, count_subnet_params, format_count, format_table
 from .supernet import LightHuBERT
 from .trainer import DistillConfig, Trainer, TrainingError
 
@@ -76,9 +76,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _shape(model: HuBERT) -> str:
     """The active shape, e.g. `e384 h6 f1536 x12`, of a supernet's subnet or a dense model."""
-    if isinstance(model, LightHuBERT):
-        return model.subnet.describe()
-    return SubnetConfig(model.cfg.embed_dim, tuple(model.cfg.heads), tuple(model.cfg.ffn_dim)).describe()
+    return (model.subnet if isinstance(model, LightHuBERT) else SubnetConfig.of(model.cfg)).describe()
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -94,28 +92,42 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
-def cmd_teacher_info(args: argparse.Namespace) -> int:
-    kind, model = checkpoint.load_with_format(args.path)
-    cfg = model.cfg
-    info = {
-        "path": str(args.path),
-        "format": kind,
-        "shape": _shape(model),
-        "embed_dim": cfg.embed_dim,
-        "layers": cfg.depth,
-        "heads": cfg.heads[0] if len(set(cfg.heads)) == 1 else cfg.heads,
-        "ffn_dim": cfg.ffn_dim[0] if len(set(cfg.ffn_dim)) == 1 else cfg.ffn_dim,
-        "extractor_mode": cfg.extractor_mode,
-        "layer_norm_first": cfg.layer_norm_first,
-        "normalize": cfg.normalize,
-        "parameters": sum(p.numel() for n, p in model.named_parameters() if not n.startswith(("layer_pred_heads", "output_layer"))),
-    }
-    if args.json:
-        print(json.dumps(info, indent=2))
+def describe_model(path: Union[str, Path]) -> list[tuple[str, str, Any]]:
+    """(JSON key, label, value) rows of `teacher-info`: what a checkpoint holds and its counts.
+
+    A supernet shows its maximum shape and its active subnet on separate lines; the counts
+    are those of the active subnet (the official rule) and of every tensor loaded.
+    """
+    kind, model = checkpoint.load_with_format(path)
+    rows: list[tuple[str, str, Any]] = [("path", "path", str(path)), ("format", "format", kind)]
+    if isinstance(model, LightHuBERT):
+        space = model.space
+        rows += [("supernet_shape", "supernet (maximum shape)", SubnetConfig.of(space.model).describe()),
+                 ("space", "search space", f"{space.name}: {space.num_subnets:,} subnets"),
+                 ("shape", "active subnet", model.subnet.describe())]
+        cfg, whole = space.model_config(model.subnet), "whole supernet"
     else:
-        width = max(map(len, info))
-        for k, v in info.items():
-            print(f"{k.ljust(width)}  {f'{v:,}' if isinstance(v, int) and not isinstance(v, bool) else v}")
+        cfg, whole = model.cfg, "heads, weight_g"
+        rows += [("shape", "shape", _shape(model)), ("embed_dim", "embed_dim", cfg.embed_dim),
+                 ("layers", "layers", cfg.depth),
+                 ("heads", "heads", cfg.heads[0] if len(set(cfg.heads)) == 1 else cfg.heads),
+                 ("ffn_dim", "ffn_dim", cfg.ffn_dim[0] if len(set(cfg.ffn_dim)) == 1 else cfg.ffn_dim)]
+    rows += [("extractor_mode", "extractor_mode", cfg.extractor_mode),
+             ("layer_norm_first", "layer_norm_first", cfg.layer_norm_first),
+             ("normalize", "normalize", cfg.normalize),
+             ("parameters", "parameters (official rule)", count_params(cfg)),
+             ("all_weights", f"all weights ({whole})", sum(p.numel() for p in model.parameters()))]
+    return rows
+
+
+def cmd_teacher_info(args: argparse.Namespace) -> int:
+    rows = describe_model(args.path)
+    if args.json:
+        print(json.dumps({key: value for key, _, value in rows}, indent=2))
+        return 0
+    width = max(len(label) for _, label, _ in rows)
+    for _, label, v in rows:
+        print(f"{label.ljust(width)}  {f'{v:,}' if isinstance(v, int) and not isinstance(v, bool) else v}")
     return 0
 
 
@@ -125,7 +137,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.dtype != "float32" and args.format != "compact":
         raise ValueError("--dtype float16 applies to the compact format only")
     out = export_subnet(model, args.output, args.format, args.subnet, dtype)
-    print(f"wrote {args.format} export of {_shape(model)} to {out}")
+    print(f"wrote {args.format} export of {_shape(model)} to {out}; open it with {how_to_load(out, args.format)}")
     return 0
 
 
@@ -306,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--checkpoint", required=True, help="supernet or dense checkpoint")
     x.add_argument("--subnet", help=f"{SUBNET_HELP}; default: the checkpoint's own")
     x.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="compact: safetensors + JSON folder; "
-                   "hf: transformers HubertModel folder (uniform subnets); onnx: .onnx file; official: supernet .pt")
+                   "hf: transformers folder (HubertModel, or this package's model as remote code where HubertModel cannot "
+                   "hold the subnet); onnx: .onnx file; official: supernet .pt")
     x.add_argument("--output", required=True, help="folder (compact, hf) or file (onnx, official)")
     x.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="compact weights dtype")
     x.set_defaults(func=cmd_export)

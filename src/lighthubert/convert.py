@@ -366,6 +366,11 @@ def distiller_config_dict(cfg: ModelConfig, targets: list[int]) -> dict[str, Any
 
 
 # -- transformers configs -------------------------------------------------------------------
+# An extra config.json key (transformers keeps unknown keys as attributes): the supernet width
+# of an exported subnet, so that its parameter count stays the subnet's (`space.count_params`).
+HF_SUPERNET_KEY = "lighthubert_supernet_embed_dim"
+
+
 def hf_model_config(c: dict[str, Any], normalize: Optional[bool] = None) -> ModelConfig:
     """ModelConfig from a transformers `HubertConfig` / `Wav2Vec2Config` dict (`config.json`).
 
@@ -394,6 +399,7 @@ def hf_model_config(c: dict[str, Any], normalize: Optional[bool] = None) -> Mode
         normalize=(mode == "layer_norm") if normalize is None else bool(normalize),
         dropout=float(c.get("hidden_dropout", 0.1)), activation_dropout=float(c.get("activation_dropout", 0.0)),
         dropout_input=float(c.get("feat_proj_dropout", 0.0)),
+        supernet_embed_dim=int(c.get(HF_SUPERNET_KEY, 0)),
     )
 
 
@@ -426,6 +432,7 @@ def hf_config(cfg: ModelConfig) -> dict[str, Any]:
         "layerdrop": 0.0,
         "apply_spec_augment": True,  # keeps `masked_spec_embed` (our mask_emb) in the model
         "mask_time_prob": 0.05,
+        **({HF_SUPERNET_KEY: cfg.supernet_embed_dim} if cfg.supernet_embed_dim else {}),
     }
 
 

@@ -28,7 +28,7 @@ import yaml
 from . import checkpoint, corpus, probes, search
 from .data import manifest_line
 from .model import HuBERT
-from .space import count_macs, count_params, format_count, format_table
+from .space import SubnetConfig, count_macs, count_params, format_count, format_table
 from .trainer import DistillConfig, Trainer
 
 log = logging.getLogger(__name__)
@@ -247,28 +247,27 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     return report
 
 
+def counts(model: HuBERT) -> dict[str, Any]:
+    """Shape, parameters (the official rule, as `info` and `teacher-info` count) and MACs of a row."""
+    return {"shape": SubnetConfig.of(model.cfg).describe(), "params": count_params(model.cfg), "macs": count_macs(model.cfg)}
+
+
 def _measure(model: Union[HuBERT, str], name: str, cfg: DemoConfig, data: dict[str, Path], out: Path) -> dict[str, Any]:
-    """Params, MACs, CPU latency and probe accuracies of one row; cached in out/probes/."""
+    """Shape, params and MACs (counted, every run) and CPU latency and probe accuracies
+    (measured, cached in out/probes/) of one row."""
+    row = counts(model) if isinstance(model, HuBERT) else {}
     cache = out / "probes" / (re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + ".json")
     if cache.is_file():
-        return json.loads(cache.read_text())
+        measured = json.loads(cache.read_text())
+        return {**row, **{k: v for k, v in measured.items() if k not in row}}
     results = probes.probe_tasks(model, data["train"], data["test"], cfg.labels,
                                  probes.ProbeConfig(epochs=cfg.probe_epochs, seed=cfg.seed), progress=True)
-    row: dict[str, Any] = {name_: r.accuracy for name_, r in results.items()}
+    measured: dict[str, Any] = {name_: r.accuracy for name_, r in results.items()}
     if isinstance(model, HuBERT):
-        model.eval()
-        row.update(shape=_describe(model), params=count_params(model.cfg), macs=count_macs(model.cfg),
-                   latency_ms=search.measure_latency(model, runs=5, seconds=1.0))
+        measured["latency_ms"] = search.measure_latency(model.eval(), runs=5, seconds=1.0)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(row))
-    return row
-
-
-def _describe(model: HuBERT) -> str:
-    c = model.cfg
-    heads = c.heads[0] if len(set(c.heads)) == 1 else "/".join(map(str, c.heads))
-    ffn = c.ffn_dim[0] if len(set(c.ffn_dim)) == 1 else "/".join(map(str, c.ffn_dim))
-    return f"e{c.embed_dim} h{heads} f{ffn} x{c.depth}"
+    cache.write_text(json.dumps(measured))
+    return {**row, **measured}
 
 
 # -- the report ----------------------------------------------------------------------------------

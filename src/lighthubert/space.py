@@ -67,6 +67,11 @@ class SubnetConfig:
         return len(set(self.heads)) == 1 and len(set(self.ffn_dim)) == 1
 
     @classmethod
+    def of(cls, cfg: ModelConfig) -> "SubnetConfig":
+        """The shape of a dense model (for `describe()`); not checked against any space."""
+        return cls(cfg.embed_dim, tuple(cfg.heads), tuple(cfg.ffn_dim))
+
+    @classmethod
     def from_official(cls, d: dict[str, Any], head_dim: int = 64) -> "SubnetConfig":
         """Reads the official subnet dict; checks list lengths against `layer_num` and atten_dim = 64*heads."""
         required = ("embed_dim", "heads_num", "ffn_embed", "layer_num")
@@ -296,25 +301,30 @@ class SearchSpace:
         return depth_map(self.model.depth, depth)
 
     def model_config(self, sub: SubnetConfig) -> ModelConfig:
-        """The `ModelConfig` of the dense model that `sub` exports to."""
-        return dataclasses.replace(self.model, embed_dim=sub.embed_dim, heads=list(sub.heads), ffn_dim=list(sub.ffn_dim))
+        """The `ModelConfig` of the dense model that `sub` exports to; it records the
+        supernet's width, so that the export counts as many parameters as the subnet."""
+        return dataclasses.replace(self.model, embed_dim=sub.embed_dim, heads=list(sub.heads), ffn_dim=list(sub.ffn_dim),
+                                   supernet_embed_dim=self.model.embed_dim)
 
 
 # -- counting ------------------------------------------------------------------------------------
 def count_params(cfg: ModelConfig) -> int:
-    """Parameters of a dense model as the official `calc_sampled_param_num` counts them.
+    """Parameters of a model as the official `calc_sampled_param_num` counts them: the one
+    count every command and report shows (docs/model.md, "Counting").
 
-    Counts the conv front end, its norms, the feature LayerNorm, `mask_emb` at the
-    supernet's full width (`mask_width`, the official count does not slice it),
-    `post_extract_proj`, the positional conv (`weight_g` not counted), the encoder LayerNorm
-    and the layers; the prediction head is excluded. Closed form, no model is built.
+    Counts the conv front end, its norms, the feature LayerNorm, `mask_emb`,
+    `post_extract_proj`, the positional conv (`weight_v` and bias; its `weight_g` is not
+    counted), the encoder LayerNorm and the layers; the prediction head is excluded.
+    `mask_emb` is counted at the supernet's full width (`cfg.supernet_embed_dim`) for a
+    subnet, as the official code does, which does not slice it; so a subnet and its export
+    count the same. Closed form, no model is built.
     """
-    return _count(cfg, cfg.embed_dim)
+    return _count(cfg, cfg.supernet_embed_dim or cfg.embed_dim)
 
 
 def count_subnet_params(space: SearchSpace, sub: SubnetConfig) -> int:
-    """Official parameter count of `sub` (base default: 66,897,664)."""
-    return _count(space.model_config(sub), space.model.embed_dim)
+    """Official parameter count of `sub` (base default: 66,897,664): `count_params` of its export."""
+    return count_params(space.model_config(sub))
 
 
 def _count(cfg: ModelConfig, mask_width: int) -> int:
