@@ -9,6 +9,7 @@ import json
 import os
 import random
 import stat
+import sys
 
 import numpy as np
 import pytest
@@ -200,3 +201,24 @@ def test_written_files_follow_the_umask(tiny, tmp_path, umask):
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert len(files) >= 9 and not list(tmp_path.rglob("*.tmp"))
     assert {str(p): stat.S_IMODE(p.stat().st_mode) for p in files} == {str(p): 0o666 & ~umask for p in files}
+
+
+def test_onnx_export_prints_one_line(tiny, tmp_path, capfd):
+    """Without -v: our line only; the exporter's INFO lines and warnings stay off the terminal."""
+    pytest.importorskip("onnxscript")
+    ckpt = tmp_path / "tiny.pt"
+    checkpoint.save_file(checkpoint.official_checkpoint(tiny), ckpt)
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]) == 0
+    out, err = capfd.readouterr()
+    assert err == "" and out.count("\n") == 1 and out.startswith("wrote onnx export"), (out, err[:2000])
+
+
+@pytest.mark.parametrize("missing", ["onnx", "onnxscript"])
+def test_missing_onnx_package_names_the_extra(tiny, tmp_path, capsys, monkeypatch, missing):
+    ckpt = tmp_path / "tiny.pt"
+    checkpoint.save_file(checkpoint.official_checkpoint(tiny), ckpt)
+    monkeypatch.setitem(sys.modules, missing, None)  # `import missing` now raises ImportError
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"lighthubert: error: ONNX export needs {missing}, which is not installed: pip install 'lighthubert[onnx]'"]
+    assert not (tmp_path / "m.onnx").exists()

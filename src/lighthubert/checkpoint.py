@@ -69,12 +69,42 @@ def load_file(path: Union[str, Path]) -> dict[str, Any]:
                 f"{path}: the checkpoint refers to the Python class {found.group(1)}, which safe loading "
                 "(weights_only=True) does not run; re-save it as plain tensors and dicts"
             ) from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: {_other_file(path) or f'not a PyTorch checkpoint ({_first_line(e)})'}") from None
     except Exception as e:  # torch.load on arbitrary bytes raises many types (IndexError, EOFError, ...)
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, maybe truncated ({_first_line(e)})") from None
+        other = _other_file(path) or f"not a readable PyTorch checkpoint, maybe truncated ({_first_line(e)})"
+        raise CheckpointError(f"{path}: {other}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}")
     return obj
+
+
+def _other_file(path: Path) -> Optional[str]:
+    """What a file that `torch.load` refused is, when its first bytes tell: so that the user
+    reads "an ONNX model" rather than torch's advice to load it with weights_only=False."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if path.suffix.lower() == ".onnx" or (head[:1] == b"\x08" and b"pytorch" in head[:32]):
+        return ("an ONNX model (an export, for onnxruntime), not a checkpoint; give the checkpoint it was exported "
+                "from, or run it with onnxruntime")
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "a safetensors weight file, not a checkpoint; give the folder that holds it and its config.json"
+    if head.startswith(b"\x93NUMPY"):
+        return "a NumPy array (such as extract's output), not a checkpoint"
+    if head.startswith((b"RIFF", b"fLaC", b"OggS", b"ID3")):
+        return "an audio file, not a checkpoint; audio files go after the options, the checkpoint after --checkpoint"
+    if head and _is_text(head):
+        return "a text file, not a PyTorch checkpoint"
+    return None
+
+
+def _is_text(head: bytes) -> bool:
+    """UTF-8 without control characters other than tab and newlines (a cut last character allowed)."""
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:
+            return False
+    return not any(b < 32 and b not in b"\t\r\n" for b in head)
 
 
 def _first_line(e: BaseException) -> str:
@@ -246,7 +276,11 @@ def load_with_format(path: Union[str, Path]):
 
 def model_from_dict(ckpt: dict[str, Any], source: str) -> tuple[str, HuBERT, list[str]]:
     """The model in an already loaded checkpoint dict: (format, model, dropped keys)."""
-    kind = detect_format(ckpt)
+    try:
+        kind = detect_format(ckpt)
+    except CheckpointError as e:
+        other = _other_file(Path(source)) if Path(source).is_file() else None  # torch.load reads safetensors files too
+        raise CheckpointError(f"{source}: {other or e}") from None
     loader = {"lighthubert": load_official, "fairseq": _load_fairseq, "distilhubert": load_distiller,
               "torchaudio": _load_torchaudio}[kind]
     model, dropped = loader(ckpt, source)

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -15,7 +16,7 @@ import yaml
 
 from . import checkpoint, data, demo, distributed, probes, search
 from .export import FORMATS as EXPORT_FORMATS
-from .export import export_subnet, how_to_load
+from .export import MissingExtra, export_subnet, how_to_load
 from .extract import extract_files
 from .model import HuBERT
 from .space import SearchSpace, SubnetConfig, count_macs, count_params, count_subnet_params, format_count, format_table
@@ -68,7 +69,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"space": space.to_dict(), "num_subnets": space.num_subnets, "subnets": rows}, indent=2))
         return 0
-    print(f"space {space.name}: {space.num_subnets:,} subnets; embed_dim {list(space.embed_dims)}, "
+    print(f"{space.title}: {space.num_subnets:,} subnets; embed_dim {list(space.embed_dims)}, "
           f"heads {list(space.heads)}, ffn_ratio {list(space.ffn_ratios)}, depth {list(space.depths)}")
     _print_table(rows)
     return 0
@@ -103,7 +104,7 @@ def describe_model(path: Union[str, Path]) -> list[tuple[str, str, Any]]:
     if isinstance(model, LightHuBERT):
         space = model.space
         rows += [("supernet_shape", "supernet (maximum shape)", SubnetConfig.of(space.model).describe()),
-                 ("space", "search space", f"{space.name}: {space.num_subnets:,} subnets"),
+                 ("space", "search space", f"{space.name}, {space.num_subnets:,} subnets"),
                  ("shape", "active subnet", model.subnet.describe())]
         cfg, whole = space.model_config(model.subnet), "whole supernet"
     else:
@@ -201,8 +202,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown demo setting(s) {unknown}; known: {', '.join(sorted(fields))}")
     cfg = demo.DemoConfig(**settings)
     report = demo.run(cfg)
-    print(demo.report_markdown(report))
-    print(f"report: {Path(cfg.out) / 'report.md'}, plot: {Path(cfg.out) / 'report.png'}")
+    print(demo.report_text(report))
+    print(f"report (accuracy vs the teacher, notes, settings): {Path(cfg.out) / 'report.md'}, plot: {Path(cfg.out) / 'report.png'}")
     return 0
 
 
@@ -284,7 +285,7 @@ def _training_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lighthubert", description="LightHuBERT: once-for-all HuBERT supernets.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging, other libraries' INFO lines included")
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("extract", help="write every hidden state of audio files as .npy",
@@ -419,10 +420,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs one command. Logging: this package's INFO lines (none with `--quiet`); other
+    libraries' only from WARNING up, all of them with `-v` (onnxscript alone writes about 300
+    INFO lines per ONNX export)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    ours = logging.getLogger("lighthubert")
+    level = ours.level
+    ours.setLevel(logging.DEBUG if args.verbose else logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     try:
-        return args.func(args)
-    except (ValueError, OSError, yaml.YAMLError, TrainingError) as e:
+        code = args.func(args)
+        sys.stdout.flush()  # inside the try: a closed pipe fails here, not at exit
+        return code
+    except BrokenPipeError:  # `lighthubert info --json | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141  # 128 + SIGPIPE, what a shell reports for a command ended by a closed pipe
+    except (ValueError, OSError, yaml.YAMLError, TrainingError, MissingExtra) as e:
         print(f"lighthubert: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        ours.setLevel(level)

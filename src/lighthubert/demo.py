@@ -271,37 +271,51 @@ def _measure(model: Union[HuBERT, str], name: str, cfg: DemoConfig, data: dict[s
 
 
 # -- the report ----------------------------------------------------------------------------------
+def _table(report: dict[str, Any], retention: bool) -> tuple[list[str], list[list[str]]]:
+    """(columns, cells) of the results table; `retention`: add accuracy relative to the teacher."""
+    rows, tasks = report["rows"], list(report["config"]["labels"])
+    teacher = next(r for r in rows if r["name"].startswith("teacher"))
+    cols = ["model", "shape", "params", "MACs / 1 s", "CPU ms / 1 s", "valid loss"] + [f"{t} acc" for t in tasks]
+    cols += [f"{t} vs teacher" for t in tasks] if retention else []
+    cells = []
+    for r in rows:
+        line = [r["name"], r.get("shape", "-"), f"{r['params']:,}" if "params" in r else "-",
+                format_count(r["macs"]) if "macs" in r else "-",
+                f"{r['latency_ms']:.1f}" if "latency_ms" in r else "-",
+                f"{r['valid_loss']:.4f}" if r.get("valid_loss") is not None else "-"]
+        line += [f"{r[t]:.3f}" for t in tasks]
+        line += [f"{100 * r[t] / teacher[t]:.1f}%" if teacher[t] else "-" for t in tasks] if retention else []
+        cells.append(line)
+    return cols, cells
+
+
+def report_text(report: dict[str, Any]) -> str:
+    """What the terminal shows: the table as aligned plain text (the rest is in report.md)."""
+    return format_table(*_table(report, retention=False))
+
+
 def report_markdown(report: dict[str, Any]) -> str:
     """The Markdown report: the table, retention against the teacher, the plot, the settings."""
-    rows, cfg = report["rows"], report["config"]
+    cfg = report["config"]
     tasks = list(cfg["labels"])
-    teacher = next(r for r in rows if r["name"].startswith("teacher"))
-    cols = ["model", "shape", "params", "MACs / 1 s", "CPU ms / 1 s", "valid loss"] + [f"{t} acc" for t in tasks] \
-        + [f"{t} vs teacher" for t in tasks]
-    lines = []
-    for r in rows:
-        cells = [r["name"], r.get("shape", "-"), f"{r['params']:,}" if "params" in r else "-",
-                 format_count(r["macs"]) if "macs" in r else "-",
-                 f"{r['latency_ms']:.1f}" if "latency_ms" in r else "-",
-                 f"{r['valid_loss']:.4f}" if r.get("valid_loss") is not None else "-"]
-        cells += [f"{r[t]:.3f}" for t in tasks]
-        cells += [f"{100 * r[t] / teacher[t]:.1f}%" if teacher[t] else "-" for t in tasks]
-        lines.append(cells)
-    table = format_table(cols, lines)
+    cols, cells = _table(report, retention=True)
     md = ["# lighthubert demo report", "",
           f"Data: {cfg['data'] or 'the built-in generated corpus'}; probes: "
           + ", ".join(f"{t} (`{cfg['labels'][t]}`)" for t in tasks) + ".", "",
-          "```", table, "```", "",
-          "- params: official count (conv front end, projections, positional conv, layers; no prediction head).",
-          "- MACs: one 1-second utterance; CPU ms: median of 5 forward passes over 1 s of audio on this machine "
-          "(measured, not predicted).",
-          "- valid loss: each model's own training objective on the validation split, so compare within a kind: "
-          "teacher = unit cross entropy (every frame, masked or not); LightHuBERT = L1 to the mean of the teacher's last layers on masked "
-          "frames (stage 1 at the max subnet, the subnets as the search scored them); DistilHuBERT = L1 + cosine "
-          "of its heads.",
-          "- accuracy: SUPERB-style probe on frozen features (learned layer weights, mean pooling, MLP head), test split.",
-          "", "![results](report.png)", "",
-          "Searches (evolution, " + f"{cfg['population']} x {cfg['generations']} evaluations each):", ""]
+          "| " + " | ".join(cols) + " |", "|" + "|".join("---" if i < 2 else "--:" for i in range(len(cols))) + "|"]
+    md += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in cells]
+    md += ["",
+           "- params: the official count (`calc_sampled_param_num`, as `lighthubert info` and `teacher-info` count: "
+           "conv front end, projections, positional conv, layers, mask_emb at the supernet's width; no prediction head).",
+           "- MACs: one 1-second utterance; CPU ms: median of 5 forward passes over 1 s of audio on this machine "
+           "(measured, not predicted).",
+           "- valid loss: each model's own training objective on the validation split, so compare within a kind: "
+           "teacher = unit cross entropy (every frame, masked or not); LightHuBERT = L1 to the mean of the teacher's last layers on masked "
+           "frames (stage 1 at the max subnet, the subnets as the search scored them); DistilHuBERT = L1 + cosine "
+           "of its heads.",
+           "- accuracy: SUPERB-style probe on frozen features (learned layer weights, mean pooling, MLP head), test split.",
+           "", "![results](report.png)", "",
+           "Searches (evolution, " + f"{cfg['population']} x {cfg['generations']} evaluations each):", ""]
     md += [f"- {s['budget']} (at most {s['max_params']:,} parameters): {s['best']}" for s in report["searches"]]
     md += ["", "Time per step in this run (s; 0 for a step reused from an earlier run): "
            + ", ".join(f"{k} {v}" for k, v in report["timings_s"].items()), ""]

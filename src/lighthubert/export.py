@@ -11,10 +11,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import logging
+import warnings
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -197,15 +200,59 @@ class _HiddenStates(nn.Module):
 
 
 def save_onnx(model: HuBERT, output: Path, opset: int = 18) -> None:
-    """ONNX graph with a dynamic batch and time axis; inputs are already normalised waveforms."""
+    """ONNX graph with a dynamic batch and time axis; inputs are already normalised waveforms.
+
+    Raises:
+        MissingExtra: onnx or onnxscript (torch's exporter needs both) is not installed.
+    """
+    require("onnx", "onnxscript", extra="onnx", purpose="ONNX export")
     output.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = _HiddenStates(model.float().eval())
+    wrapper = _HiddenStates(model.float().eval()).eval()
     example = (torch.randn(2, 16000), torch.tensor([16000, 12000]))
     batch, samples = torch.export.Dim("batch", min=1), torch.export.Dim("samples", min=800)
-    with torch.no_grad():
+    with torch.no_grad(), _exporter_chatter_off():
         program = torch.onnx.export(
-            wrapper, example, dynamo=True, opset_version=opset,
+            wrapper, example, dynamo=True, opset_version=opset, verbose=False,
             input_names=["waveform", "lengths"], output_names=["hidden_states"],
             dynamic_shapes={"waveform": {0: batch, 1: samples}, "lengths": {0: batch}},
         )
     program.save(str(output))
+
+
+@contextlib.contextmanager
+def _exporter_chatter_off() -> Iterator[None]:
+    """Keeps the exporter's own output off the terminal unless debug logging is on (`-v`):
+    about 300 INFO lines from onnxscript and onnx_ir per export, torch's warnings that
+    torchvision is absent, deprecations inside torch.export."""
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+class MissingExtra(ImportError):
+    """An optional package is not installed; the message names the pip extra that installs it."""
+
+
+def require(*modules: str, extra: str, purpose: str) -> None:
+    """Raises `MissingExtra` (one line: what is missing, the `pip install` that fixes it)
+    unless every module in `modules` imports."""
+    missing = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise MissingExtra(f"{purpose} needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                           f"not installed: pip install 'lighthubert[{extra}]'")

@@ -176,6 +176,12 @@ class SearchSpace:
         else:
             self.validate(self.default)
 
+    @property
+    def title(self) -> str:
+        """How messages name the space: `the base space`, or `search space 'demo'` for a custom
+        one (named after its file, so the demo's space.yaml would read "the space space")."""
+        return f"the {self.name} space" if self.name in ("base", "small") else f"search space {self.name!r}"
+
     # -- presets -------------------------------------------------------------------------------
     @classmethod
     def base(cls) -> "SearchSpace":
@@ -266,17 +272,17 @@ class SearchSpace:
     def validate(self, sub: SubnetConfig) -> None:
         """Raises ValueError naming the field and the allowed values when `sub` is outside the space."""
         if sub.embed_dim not in self.embed_dims:
-            raise ValueError(f"embed_dim {sub.embed_dim} is not in the {self.name} space; allowed: {list(self.embed_dims)}")
+            raise ValueError(f"embed_dim {sub.embed_dim} is not in {self.title}; allowed: {list(self.embed_dims)}")
         if sub.depth not in self.depths:
-            raise ValueError(f"depth (layer_num) {sub.depth} is not in the {self.name} space; allowed: {list(self.depths)}")
+            raise ValueError(f"depth (layer_num) {sub.depth} is not in {self.title}; allowed: {list(self.depths)}")
         for i, h in enumerate(sub.heads):
             if h not in self.heads:
-                raise ValueError(f"heads[{i}] = {h} is not in the {self.name} space; allowed: {list(self.heads)}")
+                raise ValueError(f"heads[{i}] = {h} is not in {self.title}; allowed: {list(self.heads)}")
         allowed_ffn = [int(r * sub.embed_dim) for r in self.ffn_ratios]
         for i, f in enumerate(sub.ffn_dim):
             if f not in allowed_ffn:
                 raise ValueError(
-                    f"ffn_dim[{i}] = {f} is not in the {self.name} space for embed_dim {sub.embed_dim}; "
+                    f"ffn_dim[{i}] = {f} is not in {self.title} for embed_dim {sub.embed_dim}; "
                     f"allowed: {allowed_ffn} (ratios {list(self.ffn_ratios)})"
                 )
 
@@ -378,4 +384,4 @@ def format_count(n: float) -> str:
 def format_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Left-aligned text columns separated by two spaces, header first; for the CLI's tables."""
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in [list(columns), *rows])
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [list(columns), *rows])
