@@ -337,8 +337,15 @@ def ours_to_distiller(state: dict[str, Tensor], extractor_mode: str) -> dict[str
     return {k: v for k, v in ours_to_official(state, extractor_mode).items() if k != "mask_emb"}
 
 
-def distiller_config_dict(cfg: ModelConfig, targets: list[int]) -> dict[str, Any]:
-    """The s3prl `Config["distiller"]` dict of a DistilHuBERT student (`distiller_config`'s inverse)."""
+def distiller_config_dict(cfg: ModelConfig, targets: list[int], target_dim: int = 768) -> dict[str, Any]:
+    """The s3prl `Config["distiller"]` dict of a DistilHuBERT student (`distiller_config`'s inverse).
+
+    `target_dim` is the width its heads predict (the teacher's): s3prl's `DistillerModel`
+    builds the heads as Linear(E, inter * N), GELU, SplitLinear(inter, N, final_dim) with
+    `out_layer_inter_dim` (default: E) and `final_dim` (default 768); ours use the target
+    width for both, so both are written. s3prl drops `post_extract_proj` when the conv
+    channels equal the embed dim, so such a student has no s3prl form.
+    """
     return {
         "extractor_mode": cfg.extractor_mode,
         "extractor_conv_feature_layers": repr([tuple(c) for c in cfg.conv_layers]),
@@ -357,7 +364,8 @@ def distiller_config_dict(cfg: ModelConfig, targets: list[int]) -> dict[str, Any
         "attention_dropout": 0.0,
         "activation_dropout": cfg.activation_dropout,
         "encoder_layerdrop": cfg.layerdrop,
-        "final_dim": 768,
+        "final_dim": target_dim,
+        "out_layer_inter_dim": target_dim,
         "out_layer_type": "expand-last",
         "n_tasks": len(targets),
         "task_emb_type": "expand-last",
