@@ -93,7 +93,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
-def describe_model(path: Union[str, Path]) -> list[tuple[str, str, Any]]:
+def _teacher_info_rows(path: Union[str, Path]) -> list[tuple[str, str, Any]]:
     """(JSON key, label, value) rows of `teacher-info`: what a checkpoint holds and its counts.
 
     A supernet shows its maximum shape and its active subnet on separate lines; the counts
@@ -108,7 +108,7 @@ def describe_model(path: Union[str, Path]) -> list[tuple[str, str, Any]]:
                  ("shape", "active subnet", model.subnet.describe())]
         cfg, whole = space.model_config(model.subnet), "whole supernet"
     else:
-        cfg, whole = model.cfg, "heads, weight_g"
+        cfg, whole = model.cfg, "weight_g and heads included"
         rows += [("shape", "shape", _shape(model)), ("embed_dim", "embed_dim", cfg.embed_dim),
                  ("layers", "layers", cfg.depth),
                  ("heads", "heads", cfg.heads[0] if len(set(cfg.heads)) == 1 else cfg.heads),
@@ -122,7 +122,7 @@ def describe_model(path: Union[str, Path]) -> list[tuple[str, str, Any]]:
 
 
 def cmd_teacher_info(args: argparse.Namespace) -> int:
-    rows = describe_model(args.path)
+    rows = _teacher_info_rows(args.path)
     if args.json:
         print(json.dumps({key: value for key, _, value in rows}, indent=2))
         return 0
