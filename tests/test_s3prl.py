@@ -18,6 +18,7 @@ import torch
 
 import lighthubert
 from lighthubert import checkpoint, convert
+from lighthubert.export import save_compact
 from lighthubert.model import DistilHuBERT, ModelConfig
 from lighthubert.s3prl_upstream import UpstreamExpert, lighthubert_any_local
 from lighthubert.space import SubnetConfig
@@ -70,7 +71,7 @@ def test_our_upstream_through_s3prl_featurizer(tmp_path):
 def test_downsample_rate_of_hubert_front_end(tmp_path):
     cfg = ModelConfig(conv_layers=CONV, embed_dim=64, heads=[2], ffn_dim=[128], head_dim=32, conv_pos=16,
                       conv_pos_groups=16, pred_dim=0)
-    lighthubert.export.save_compact(lighthubert.HuBERT(cfg).eval(), cfg, tmp_path / "c")
+    save_compact(lighthubert.HuBERT(cfg).eval(), cfg, tmp_path / "c")
     assert UpstreamExpert(str(tmp_path / "c")).get_downsample_rates("hidden_states") == 320
 
 
