@@ -68,6 +68,36 @@ def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return model
 
 
+def demo_like_supernet(seed: int = 0) -> LightHuBERT:
+    """The demo's space on the tiny front end: 64-dim heads, embed dims 96 / 144 / 192 (not all
+    multiples of 64), so subnets are narrower than the supernet's mask_emb and transformers'
+    HubertModel cannot hold most of them."""
+    cfg = ModelConfig(conv_layers=TINY_CONV, embed_dim=192, heads=[3] * 3, ffn_dim=[768] * 3, head_dim=64, conv_pos=16,
+                      conv_pos_groups=16, pred_dim=32, normalize=False)
+    torch.manual_seed(seed)
+    space = SearchSpace("demo-like", cfg, (96, 144, 192), (1, 2, 3), (2.0, 3.0, 4.0), (2, 3))
+    return randomize_(LightHuBERT(space), seed + 1).eval()
+
+
+@pytest.fixture
+def demo_like_search(tmp_path):
+    """What `lighthubert search` needs, in seconds: the `demo_like_supernet` as an official
+    checkpoint, a 2-layer 32-wide teacher (its head's width) and a manifest of two generated
+    utterances. Returns (checkpoint, teacher folder, valid.tsv)."""
+    from lighthubert.checkpoint import official_checkpoint, save_file
+    from lighthubert.data import synthetic_speech
+
+    save_file(official_checkpoint(demo_like_supernet()), tmp_path / "supernet.pt")
+    cfg = ModelConfig(conv_layers=TINY_CONV, embed_dim=32, heads=[1, 1], ffn_dim=[64, 64], head_dim=32, conv_pos=16,
+                      conv_pos_groups=16, pred_dim=0, normalize=False)
+    torch.manual_seed(0)
+    save_compact(HuBERT(cfg).eval(), cfg, tmp_path / "teacher")
+    for i in range(2):
+        sf.write(tmp_path / f"v{i}.wav", synthetic_speech(0.5, 120.0 + 40 * i, seed=i).numpy(), 16000)
+    (tmp_path / "valid.tsv").write_text(f"{tmp_path}\nv0.wav\t8000\nv1.wav\t8000\n")
+    return tmp_path / "supernet.pt", tmp_path / "teacher", tmp_path / "valid.tsv"
+
+
 @pytest.fixture(scope="session")
 def tiny_space() -> SearchSpace:
     return tiny_search_space()

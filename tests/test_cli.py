@@ -1,6 +1,7 @@
 """`lighthubert` CLI: extract and info on real and generated files; each bad input is one line."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,11 +10,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import yaml
+from safetensors.torch import save_file
 
-from lighthubert import checkpoint
+from lighthubert import checkpoint, demo
 from lighthubert.cli import main
 from lighthubert.data import synthetic_speech
+from lighthubert.space import SearchSpace, SubnetConfig
 from lighthubert.supernet import LightHuBERT
+
+from conftest import demo_like_supernet
 
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
 
@@ -84,6 +90,9 @@ def _foreign_pickle(path):
     (lambda p, ck: _foreign_pickle(p), "refers to the Python class"),
     (lambda p, ck: torch.save({"cfg": {"model": {"_name": "transformer_lm"}}, "model": {}}, p), "not a HuBERT / wav2vec 2.0 encoder"),
     (lambda p, ck: torch.save({"weights": [1.0]}, p), "not a checkpoint this package reads"),
+    # the first bytes of a torch.onnx export (protobuf: ir_version, producer_name "pytorch")
+    (lambda p, ck: p.write_bytes(b"\x08\x0a\x12\x07pytorch\x1a\x0a2.13.0+cpu:" + bytes(range(256)) * 4), "an ONNX model"),
+    (lambda p, ck: save_file({"w": torch.zeros(3)}, str(p)), "a safetensors weight file"),
 ])
 def test_bad_checkpoints_give_one_line(tiny_checkpoint, tmp_path, capsys, make, match):
     bad = tmp_path / "bad.pt"
@@ -94,6 +103,7 @@ def test_bad_checkpoints_give_one_line(tiny_checkpoint, tmp_path, capsys, make, 
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lighthubert: error:") and match in lines[0]
+    assert "weights_only=False" not in lines[0]  # torch's advice to unpickle code is no answer
     assert not (tmp_path / "o").exists()
 
 
@@ -133,3 +143,114 @@ def test_info_on_a_dense_model_points_to_teacher_info(tiny_checkpoint, tmp_path,
 def test_console_script_is_installed():
     done = subprocess.run([sys.executable, "-m", "lighthubert", "info", "--space", "small"], capture_output=True, text=True)
     assert done.returncode == 0 and "26,879,744" in done.stdout
+
+
+def test_one_parameter_count_for_one_model(tmp_path, capsys, demo_like_search):
+    """The issue's subnet e144 h[1,3,1] f[288,288,576] x3 of a 192-wide supernet: `info`,
+    `teacher-info` on the supernet and on its compact and hf exports, the search's records
+    and the demo's rows give one number, the official rule's, counted here from the tensors."""
+    supernet = demo_like_supernet()
+    sub = SubnetConfig(144, (1, 3, 1), (288, 288, 576))
+    dense, _ = supernet.export(sub)
+    tensors = dict(dense.named_parameters())
+    head = sum(v.numel() for k, v in tensors.items() if k.startswith("layer_pred_heads."))
+    weight_g = tensors["encoder.pos_conv.0.weight_g"].numel()
+    official = sum(v.numel() for v in tensors.values()) - head - weight_g + (192 - 144)  # mask_emb at 192
+    ckpt = tmp_path / "supernet.pt"
+    checkpoint.save_file(checkpoint.official_checkpoint(supernet), ckpt)  # records sub as its subnet
+    _, teacher, valid = demo_like_search
+    subnet = json.dumps({"embed_dim": 144, "heads": [1, 3, 1], "ffn_dim": [288, 288, 576]})
+
+    def info(*argv):
+        assert main([str(a) for a in argv] + ["--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    counted = {"info": info("info", "--checkpoint", ckpt, "--subnet", subnet)["subnets"][0]["params"],
+               "teacher-info": info("teacher-info", ckpt)["parameters"], "demo": demo.counts(dense)["params"]}
+    for fmt, heads in (("compact", head), ("hf", 0)):  # the compact export keeps the prediction head
+        assert main(["export", "--checkpoint", str(ckpt), "--format", fmt, "--output", str(tmp_path / fmt)]) == 0
+        capsys.readouterr()
+        doc = info("teacher-info", tmp_path / fmt)
+        counted[f"teacher-info {fmt}"] = doc["parameters"]
+        assert doc["all_weights"] == official - (192 - 144) + weight_g + heads  # every tensor the export holds
+    assert counted == dict.fromkeys(counted, official), counted
+
+    # the search: every record holds the count `info` gives for its subnet
+    assert main(["search", "--checkpoint", str(ckpt), "--teacher", str(teacher), "--valid", str(valid), "--out",
+                 str(tmp_path / "search"), "--population", "2", "--generations", "1", "--target-layers", "1",
+                 "--device", "cpu", "--quiet"]) == 0
+    capsys.readouterr()
+    records = [json.loads(line) for line in (tmp_path / "search" / "history.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+    for rec in records:
+        assert rec["params"] == info("info", "--checkpoint", ckpt, "--subnet", json.dumps(rec["subnet"]))["subnets"][0]["params"]
+
+
+def test_teacher_info_keeps_supernet_and_subnet_apart(tmp_path, capsys):
+    supernet = demo_like_supernet()
+    supernet.set_subnet(SubnetConfig(144, (2,) * 3, (432,) * 3))
+    checkpoint.save_file(checkpoint.official_checkpoint(supernet), tmp_path / "s.pt")
+    code, out, _ = run(capsys, "teacher-info", tmp_path / "s.pt")
+    lines = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in out.splitlines())
+    assert code == 0 and lines["supernet (maximum shape)"] == "e192 h3 f768 x3"
+    assert lines["active subnet"] == "e144 h2 f432 x3" and lines["format"] == "lighthubert"
+    assert lines["parameters (official rule)"] == f"{supernet.num_params():,}"
+    assert lines["all weights (whole supernet)"] == f"{sum(p.numel() for p in supernet.parameters()):,}"
+    assert "embed_dim" not in lines  # no unlabelled width that could be either's
+
+
+def _lighthubert(*argv, **kw):
+    """The console command in a fresh process: what a terminal shows (logging set up by main)."""
+    return subprocess.run([sys.executable, "-m", "lighthubert", *map(str, argv)], capture_output=True, text=True, **kw)
+
+
+def test_terminal_output_extract_quiet_and_failed_files(tiny_checkpoint, tmp_path):
+    good, empty = tmp_path / "good.wav", tmp_path / "empty.wav"
+    sf.write(good, synthetic_speech(0.3, 150.0).numpy(), 16000)
+    sf.write(empty, np.zeros(0, np.float32), 16000)
+    done = _lighthubert("extract", "--checkpoint", tiny_checkpoint, "--output", tmp_path / "o", "--quiet", good, empty)
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == [f"wrote 1 file(s) to {tmp_path / 'o'}, 1 failed"]
+    # one line for the failed file, and --quiet leaves no INFO line
+    assert done.stderr.splitlines() == [f"lighthubert: failed: {empty}: empty audio (0 samples)"], done.stderr
+
+
+def test_closed_pipe_ends_quietly():
+    """`lighthubert info --json | head`: the reader is gone before the first write."""
+    proc = subprocess.Popen([sys.executable, "-m", "lighthubert", "info", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait() == 141 and err == ""
+
+
+def test_a_space_file_named_space_yaml(tmp_path, capsys):
+    path = tmp_path / "space.yaml"  # as the demo writes it: the space is named after the file
+    path.write_text(yaml.safe_dump(SearchSpace.base().to_dict() | {"name": "space"}))
+    code, _, err = run(capsys, "info", "--space", path, "--subnet", "min")
+    assert code == 0
+    code, _, err = run(capsys, "info", "--space", path, "--subnet",
+                       '{"embed_dim": 100, "heads_num": [8], "ffn_embed": [400], "layer_num": 1}')
+    assert code == 2 and "embed_dim 100 is not in search space 'space'; allowed" in err and "space space" not in err
+
+
+def test_demo_prints_a_plain_table(tmp_path, capsys, monkeypatch):
+    """The terminal gets aligned text; code fences, image links and pipes go to report.md only."""
+    rows = [{"name": "MFCC (39-dim)", "valid_loss": None, "word": 0.9},
+            {"name": "teacher (HuBERT it. 1)", "valid_loss": 1.47, "word": 1.0, "shape": "e192 h3 f768 x4",
+             "params": 1_932_864, "macs": 134_680_000, "latency_ms": 8.2},
+            {"name": "LightHuBERT subnet, 1/3 of max params", "valid_loss": 0.456, "word": 0.95,
+             "shape": "e144 h[1,3,1] f[288,288,576] x3", "params": 638_688, "macs": 69_380_000, "latency_ms": 4.8}]
+    report = {"rows": rows, "searches": [{"budget": "1/3 of max params", "max_params": 644_288, "best": rows[2]["shape"]}],
+              "max_params": 1_932_864, "timings_s": {"data": 0.1}, "config": {"data": None, "labels": {"word": "^(a)"},
+                                                                             "population": 8, "generations": 4}}
+    monkeypatch.setattr(demo, "run", lambda cfg: report)
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table, rest = lines[:4], lines[4:]
+    assert not any(mark in line for line in lines for mark in ("```", "![", "|", "#"))
+    assert len(rest) == 1 and "report.md" in rest[0]
+    assert table[0].index("params") == table[2].index("1,932,864") == table[3].index("638,688")  # aligned
+    assert [line.split()[-1] for line in table] == ["acc", "0.900", "1.000", "0.950"] and max(map(len, table)) < 150
+    md = demo.report_markdown(report)
+    assert "| LightHuBERT subnet, 1/3 of max params | e144 h[1,3,1] f[288,288,576] x3 | 638,688 |" in md

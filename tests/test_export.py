@@ -4,8 +4,12 @@ Each export must reproduce the supernet's sliced forward on the same audio withi
 (float32; different kernels sum in different orders).
 """
 
+import ast
 import json
+import os
 import random
+import stat
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +21,8 @@ from lighthubert.cli import main
 from lighthubert.export import export_subnet
 from lighthubert.space import SearchSpace, SubnetConfig
 from lighthubert.supernet import LightHuBERT
+
+from conftest import demo_like_supernet
 
 ATOL = 1e-4
 
@@ -86,18 +92,45 @@ def test_hf_round_trip_uniform(tiny, tmp_path, heads):
         torch.testing.assert_close(out.hidden_states[i], ours[i], atol=ATOL, rtol=0)
 
 
-def test_hf_refuses_nonuniform_and_too_many_heads(tiny, tmp_path, capsys):
-    sub = SubnetConfig(96, (2, 3, 3), (288, 288, 192))
-    with pytest.raises(ValueError, match=r"layers \[1, 2\] differ from layer 0.*'compact' or 'onnx'"):
-        export_subnet(tiny, tmp_path / "x", "hf", sub)
-    with pytest.raises(ValueError, match="cannot hold 4 heads"):
-        export_subnet(tiny, tmp_path / "x", "hf", SubnetConfig(64, (4,) * 2, (128,) * 2))
-    ckpt = tmp_path / "tiny.pt"
-    checkpoint.save_file(checkpoint.official_checkpoint(tiny), ckpt)
-    code = main(["export", "--checkpoint", str(ckpt), "--format", "hf", "--subnet", json.dumps(
-        {"embed_dim": 96, "heads": [2, 3, 3], "ffn_dim": [288, 288, 192]}), "--output", str(tmp_path / "x")])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "differ from layer 0" in err[0]
+def test_hf_exports_what_hubert_model_cannot_hold_as_remote_code(tmp_path, capsys):
+    """Per-layer heads and FFN widths, and 144 = 2.25 heads of 64: transformers' HubertModel
+    holds neither, so the folder carries this package's model for `trust_remote_code`."""
+    transformers = pytest.importorskip("transformers")
+    model = demo_like_supernet()
+    sub = SubnetConfig(144, (1, 3, 1), (288, 288, 576))
+    ckpt = tmp_path / "supernet.pt"
+    checkpoint.save_file(checkpoint.official_checkpoint(model), ckpt)
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "hf", "--subnet", json.dumps(
+        {"embed_dim": 144, "heads": [1, 3, 1], "ffn_dim": [288, 288, 576]}), "--output", str(tmp_path / "hf")]) == 0
+    assert "trust_remote_code=True" in capsys.readouterr().out
+    folder = tmp_path / "hf"
+    for code in folder.glob("*.py"):  # the remote code needs torch and transformers, not this package
+        tree = ast.parse(code.read_text())
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
+        assert imported <= {"__future__", "dataclasses", "math", "typing", "torch", "transformers"}, (code.name, imported)
+    hf = transformers.AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    assert type(hf).__name__ == "LightHuBERTModel"
+    extractor = transformers.AutoFeatureExtractor.from_pretrained(folder)
+    assert extractor.return_attention_mask and extractor.do_normalize == model.cfg.normalize
+    wav, lengths = torch.randn(2, 4000), torch.tensor([4000, 3100])
+    mask = (torch.arange(4000)[None, :] < lengths[:, None]).long()
+    model.set_subnet(sub)
+    ref = supernet_outputs(model, wav, lengths)
+    with torch.no_grad():
+        out = torch.stack(hf(wav, attention_mask=mask, output_hidden_states=True).hidden_states)
+        ours = supernet_outputs(lighthubert.load(folder), wav, lengths)  # our loader reads the folder too
+    frames = model.frame_lengths(lengths)
+    assert out.shape == ref.shape == (4, 2, int(frames[0]), 144)
+    for b in range(2):  # valid frames of each utterance
+        torch.testing.assert_close(out[:, b, : frames[b]], ref[:, b, : frames[b]], atol=ATOL, rtol=0)
+        torch.testing.assert_close(ours[:, b, : frames[b]], ref[:, b, : frames[b]], atol=ATOL, rtol=0)
+
+
+def test_hf_stays_hubert_model_where_it_fits(tiny, tmp_path):
+    export_subnet(tiny, tmp_path / "hf", "hf", SubnetConfig(128, (3,) * 3, (384,) * 3))
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == ["HubertModel"]
+    assert not list((tmp_path / "hf").glob("*.py"))
 
 
 def _onnx_run(path, wav, lengths):
@@ -152,3 +185,40 @@ def test_default_subnets_full_size(space, tmp_path):
     pytest.importorskip("onnxscript")
     export_subnet(model, tmp_path / "m.onnx", "onnx")
     np.testing.assert_allclose(_onnx_run(tmp_path / "m.onnx", wav, torch.tensor([16000])), ref.numpy(), atol=ATOL)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_written_files_follow_the_umask(tiny, tmp_path, umask):
+    """Checkpoints and exports are shared like any other file (they were 0600 beside a 0644 config.json)."""
+    old = os.umask(umask)
+    try:
+        checkpoint.save_file(checkpoint.official_checkpoint(tiny), tmp_path / "run" / "step-1.pt")  # the trainer's writer
+        export_subnet(tiny, tmp_path / "o.pt", "official")
+        export_subnet(tiny, tmp_path / "c", "compact")
+        export_subnet(tiny, tmp_path / "hf", "hf", SubnetConfig(96, (2, 3, 3), (288, 288, 192)))
+    finally:
+        os.umask(old)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) >= 9 and not list(tmp_path.rglob("*.tmp"))
+    assert {str(p): stat.S_IMODE(p.stat().st_mode) for p in files} == {str(p): 0o666 & ~umask for p in files}
+
+
+def test_onnx_export_prints_one_line(tiny, tmp_path, capfd):
+    """Without -v: our line only; the exporter's INFO lines and warnings stay off the terminal."""
+    pytest.importorskip("onnxscript")
+    ckpt = tmp_path / "tiny.pt"
+    checkpoint.save_file(checkpoint.official_checkpoint(tiny), ckpt)
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]) == 0
+    out, err = capfd.readouterr()
+    assert err == "" and out.count("\n") == 1 and out.startswith("wrote onnx export"), (out, err[:2000])
+
+
+@pytest.mark.parametrize("missing", ["onnx", "onnxscript"])
+def test_missing_onnx_package_names_the_extra(tiny, tmp_path, capsys, monkeypatch, missing):
+    ckpt = tmp_path / "tiny.pt"
+    checkpoint.save_file(checkpoint.official_checkpoint(tiny), ckpt)
+    monkeypatch.setitem(sys.modules, missing, None)  # `import missing` now raises ImportError
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"lighthubert: error: ONNX export needs {missing}, which is not installed: pip install 'lighthubert[onnx]'"]
+    assert not (tmp_path / "m.onnx").exists()

@@ -14,6 +14,7 @@ from lighthubert.cli import main
 from lighthubert.search import GenomeCodec, SearchConfig, check_budgets, pareto_front, search
 from lighthubert.space import SearchSpace, SubnetConfig, count_macs, count_subnet_params
 from lighthubert.supernet import LightHuBERT
+from lighthubert.recipes import LightHuBERTRecipe
 
 FAST = dict(population=4, generations=3, valid_batches=2, max_batch_samples=64000, max_sample_size=8000,
             min_sample_size=4000, target_layers=2, device="cpu")
@@ -135,3 +136,20 @@ def test_cli_search(setup, train_setup, tmp_path, capsys):
     space.validate(SubnetConfig.parse((tmp_path / "s" / "best.json").read_text(), space.model.head_dim))
     assert main(base) == 2 and "--resume" in capsys.readouterr().err
     assert main(base + ["--resume"]) == 0
+
+
+def test_a_finished_search_run_again_reads_no_audio(demo_like_search, tmp_path, monkeypatch):
+    """Every evaluation is in the history, so the rerun (the demo's, each time it is run
+    again) neither loads the validation audio nor runs the teacher."""
+    ckpt, teacher_path, valid = demo_like_search
+    model, teacher = checkpoint.load_model(ckpt), checkpoint.load_model(teacher_path)
+    cfg = SearchConfig(population=3, generations=2, target_layers=1, device="cpu", seed=0)
+    calls = []
+    real = LightHuBERTRecipe.targets
+    monkeypatch.setattr(LightHuBERTRecipe, "targets", lambda self, *a: calls.append(1) or real(self, *a))
+    first = search(model, teacher, valid, tmp_path / "s", cfg, progress=False)
+    assert calls and first.new_evaluations == 6
+    calls.clear()
+    again = search(model, teacher, valid, tmp_path / "s", cfg, resume=True, progress=False)
+    assert calls == [] and again.new_evaluations == 0
+    assert (again.best, again.best_loss, again.history) == (first.best, first.best_loss, first.history)

@@ -315,8 +315,18 @@ def test_count_macs_positive_and_growing():
     assert count_macs(cfg["max"], seconds=4.0) > 2 * count_macs(cfg["max"], seconds=2.0)
 
 
-def test_count_subnet_params_differs_from_count_params_by_mask_emb():
-    """The official count keeps mask_emb at the supernet's width (768) for every subnet."""
+def test_a_subnet_and_its_export_config_count_the_same():
+    """The official count keeps mask_emb at the supernet's width (768) for every subnet, and
+    the export's config records that width; a model of the same shape that is no subnet
+    counts mask_emb at its own width."""
     base = SearchSpace.base()
     sub = base.default
-    assert count_subnet_params(base, sub) - count_params(base.model_config(sub)) == 768 - 640
+    exported = base.model_config(sub)
+    assert exported.supernet_embed_dim == 768
+    assert count_subnet_params(base, sub) == count_params(exported) == 66_897_664
+    assert ModelConfig.from_dict(exported.asdict()) == exported  # survives every config file
+    standalone = dataclasses.replace(exported, supernet_embed_dim=0)
+    assert count_params(exported) - count_params(standalone) == 768 - 640
+    assert "supernet_embed_dim" not in standalone.asdict()  # configs of other models read as before
+    with pytest.raises(ValueError, match="supernet_embed_dim 512 is below embed_dim 640"):
+        dataclasses.replace(exported, supernet_embed_dim=512)

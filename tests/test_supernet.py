@@ -107,12 +107,13 @@ def check_export(model: LightHuBERT, sub: SubnetConfig, wav: torch.Tensor) -> No
         fresh = HuBERT(cfg)
     fresh.load_state_dict(dense.state_dict(), strict=True, assign=True)
     # real parameters vs the official count: the count leaves out the prediction head and
-    # the pos-conv weight_g, and counts mask_emb at the supernet's full width
+    # the pos-conv weight_g, and counts mask_emb at the supernet's full width, for the
+    # subnet and its export alike
     e, full = sub.embed_dim, model.cfg.embed_dim
     real = sum(p.numel() for p in dense.parameters())
     extra = e * cfg.pred_dim + cfg.conv_pos
-    assert real == count_params(cfg) + extra
-    assert real == count_subnet_params(model.space, sub) - (full - e) + extra
+    assert real == count_params(cfg) - (full - e) + extra
+    assert count_params(cfg) == count_subnet_params(model.space, sub) == model.num_params()
     assert dense.mask_emb.shape == (e,)
 
 

@@ -220,7 +220,11 @@ def test_teacher_info_cli(tmp_path, capsys):
     assert main(["teacher-info", str(tmp_path / "hf"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["format"] == "transformers" and info["layers"] == 3 and info["embed_dim"] == 64
-    assert info["parameters"] == sum(p.numel() for p in hf_model().parameters())
+    hf = hf_model()
+    assert info["all_weights"] == sum(p.numel() for p in hf.parameters())
+    # the official rule leaves out only the positional conv's weight_g, (1, 1, kernel) here
+    g = dict(hf.named_parameters())["encoder.pos_conv_embed.conv.parametrizations.weight.original0"]
+    assert info["parameters"] == info["all_weights"] - g.numel() and g.numel() == hf.config.num_conv_pos_embeddings
     (tmp_path / "hf" / "model.safetensors").unlink()
     assert main(["teacher-info", str(tmp_path / "hf")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -13,12 +13,13 @@ import logging
 import os
 import pickle
 import re
-import tempfile
+import secrets
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from safetensors.torch import load_file as load_safetensors
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from . import convert
@@ -68,12 +69,42 @@ def load_file(path: Union[str, Path]) -> dict[str, Any]:
                 f"{path}: the checkpoint refers to the Python class {found.group(1)}, which safe loading "
                 "(weights_only=True) does not run; re-save it as plain tensors and dicts"
             ) from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: {_other_file(path) or f'not a PyTorch checkpoint ({_first_line(e)})'}") from None
     except Exception as e:  # torch.load on arbitrary bytes raises many types (IndexError, EOFError, ...)
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, maybe truncated ({_first_line(e)})") from None
+        other = _other_file(path) or f"not a readable PyTorch checkpoint, maybe truncated ({_first_line(e)})"
+        raise CheckpointError(f"{path}: {other}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}")
     return obj
+
+
+def _other_file(path: Path) -> Optional[str]:
+    """What a file that `torch.load` refused is, when its first bytes tell: so that the user
+    reads "an ONNX model" rather than torch's advice to load it with weights_only=False."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if path.suffix.lower() == ".onnx" or (head[:1] == b"\x08" and b"pytorch" in head[:32]):
+        return ("an ONNX model (an export, for onnxruntime), not a checkpoint; give the checkpoint it was exported "
+                "from, or run it with onnxruntime")
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "a safetensors weight file, not a checkpoint; give the folder that holds it and its config.json"
+    if head.startswith(b"\x93NUMPY"):
+        return "a NumPy array (such as extract's output), not a checkpoint"
+    if head.startswith((b"RIFF", b"fLaC", b"OggS", b"ID3")):
+        return "an audio file, not a checkpoint; audio files go after the options, the checkpoint after --checkpoint"
+    if head and _is_text(head):
+        return "a text file, not a PyTorch checkpoint"
+    return None
+
+
+def _is_text(head: bytes) -> bool:
+    """UTF-8 without control characters other than tab and newlines (a cut last character allowed)."""
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:
+            return False
+    return not any(b < 32 and b not in b"\t\r\n" for b in head)
 
 
 def _first_line(e: BaseException) -> str:
@@ -83,16 +114,30 @@ def _first_line(e: BaseException) -> str:
 
 def save_file(obj: dict[str, Any], path: Union[str, Path]) -> None:
     """`torch.save` to a temporary file in the same folder, then rename: never half-written."""
-    path = Path(path)
+    _write_atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
+def save_tensors(tensors: dict[str, Tensor], path: Union[str, Path], metadata: Optional[dict[str, str]] = None) -> None:
+    """A safetensors file, written as `save_file` writes (safetensors' own `save_file` makes
+    it owner-only, 0600)."""
+    _write_atomic(Path(path), lambda tmp: tmp.write_bytes(safetensors_bytes(tensors, metadata)))
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` to a temporary file beside `path`, then rename it to `path`.
+
+    The file gets the user's umask like any other file written here (`tempfile.mkstemp`
+    would make it owner-only, 0600, unlike the `config.json` beside it).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # 0o666 & ~umask
     try:
-        torch.save(obj, tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp.exists():
+            tmp.unlink()
 
 
 def load_state(model: torch.nn.Module, state: dict[str, Tensor], source: str) -> None:
@@ -181,7 +226,7 @@ def _load_ctc(ckpt: dict[str, Any], source: str):
 
 
 # -- loading any checkpoint ----------------------------------------------------------------------
-FORMATS = ("lighthubert", "fairseq", "s3prl", "transformers", "torchaudio", "compact", "ctc")
+FORMATS = ("lighthubert", "fairseq", "distilhubert", "transformers", "torchaudio", "compact", "ctc")
 COMPACT_FORMAT = "lighthubert-compact"  # config.json "format" of a compact export
 
 
@@ -197,7 +242,7 @@ def detect_format(obj: Union[dict[str, Any], Path]) -> str:
             raise CheckpointError(f"{cfg_path}: invalid JSON ({e})") from None
         return "compact" if isinstance(cfg, dict) and cfg.get("format") == COMPACT_FORMAT else "transformers"
     if isinstance(obj.get("Distiller"), dict) and isinstance(obj.get("Config"), dict):
-        return "s3prl"
+        return "distilhubert"
     if obj.get("format") == CTC_FORMAT:
         return "ctc"
     cfg = obj.get("cfg")
@@ -282,8 +327,12 @@ def load_with_format(path: Union[str, Path]):
 
 def model_from_dict(ckpt: dict[str, Any], source: str) -> tuple[str, HuBERT, list[str]]:
     """The model in an already loaded checkpoint dict: (format, model, dropped keys)."""
-    kind = detect_format(ckpt)
-    loader = {"lighthubert": load_official, "fairseq": _load_fairseq, "s3prl": load_distiller,
+    try:
+        kind = detect_format(ckpt)
+    except CheckpointError as e:
+        other = _other_file(Path(source)) if Path(source).is_file() else None  # torch.load reads safetensors files too
+        raise CheckpointError(f"{source}: {other or e}") from None
+    loader = {"lighthubert": load_official, "fairseq": _load_fairseq, "distilhubert": load_distiller,
               "torchaudio": _load_torchaudio, "ctc": _load_ctc}[kind]
     model, dropped = loader(ckpt, source)
     return kind, model, dropped
@@ -374,6 +423,11 @@ def _load_torchaudio(state: dict[str, Tensor], source: str):
 
 def _load_transformers(path: Path):
     cfg = json.loads((path / "config.json").read_text())
+    if cfg.get("model_type") == "lighthubert":  # our remote-code export (export.save_hf): our keys under `hubert.`
+        if not isinstance(cfg.get("lighthubert"), dict):
+            raise CheckpointError(f"{path / 'config.json'}: model_type lighthubert without its 'lighthubert' model config")
+        state = {k.removeprefix("hubert."): v for k, v in _read_weights(path).items()}
+        return _dense(ModelConfig.from_dict(cfg["lighthubert"]), state, str(path)), []
     normalize = None
     pre = path / "preprocessor_config.json"
     if pre.is_file():

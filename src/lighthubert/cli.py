@@ -6,19 +6,20 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import torch
 import yaml
 
 from . import asr, checkpoint, data, demo, distributed, probes, search, transcripts
 from .export import FORMATS as EXPORT_FORMATS
-from .export import export_subnet
+from .export import MissingExtra, export_subnet, how_to_load
 from .extract import extract_files
 from .model import HuBERT
-from .space import SearchSpace, SubnetConfig, count_macs, count_subnet_params, format_count, format_table
+from .space import SearchSpace, SubnetConfig, count_macs, count_params, count_subnet_params, format_count, format_table
 from .supernet import LightHuBERT
 from .recipes import RunConfig
 from .runfolder import RunFolder
@@ -70,7 +71,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"space": space.to_dict(), "num_subnets": space.num_subnets, "subnets": rows}, indent=2))
         return 0
-    print(f"space {space.name}: {space.num_subnets:,} subnets; embed_dim {list(space.embed_dims)}, "
+    print(f"{space.title}: {space.num_subnets:,} subnets; embed_dim {list(space.embed_dims)}, "
           f"heads {list(space.heads)}, ffn_ratio {list(space.ffn_ratios)}, depth {list(space.depths)}")
     _print_table(rows)
     return 0
@@ -78,9 +79,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _shape(model: HuBERT) -> str:
     """The active shape, e.g. `e384 h6 f1536 x12`, of a supernet's subnet or a dense model."""
-    if isinstance(model, LightHuBERT):
-        return model.subnet.describe()
-    return SubnetConfig(model.cfg.embed_dim, tuple(model.cfg.heads), tuple(model.cfg.ffn_dim)).describe()
+    return (model.subnet if isinstance(model, LightHuBERT) else SubnetConfig.of(model.cfg)).describe()
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -114,28 +113,42 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_teacher_info(args: argparse.Namespace) -> int:
-    kind, model = checkpoint.load_with_format(args.path)
-    cfg = model.cfg
-    info = {
-        "path": str(args.path),
-        "format": kind,
-        "shape": _shape(model),
-        "embed_dim": cfg.embed_dim,
-        "layers": cfg.depth,
-        "heads": cfg.heads[0] if len(set(cfg.heads)) == 1 else cfg.heads,
-        "ffn_dim": cfg.ffn_dim[0] if len(set(cfg.ffn_dim)) == 1 else cfg.ffn_dim,
-        "extractor_mode": cfg.extractor_mode,
-        "layer_norm_first": cfg.layer_norm_first,
-        "normalize": cfg.normalize,
-        "parameters": sum(p.numel() for n, p in model.named_parameters() if not n.startswith(("layer_pred_heads", "output_layer"))),
-    }
-    if args.json:
-        print(json.dumps(info, indent=2))
+def _teacher_info_rows(path: Union[str, Path]) -> list[tuple[str, str, Any]]:
+    """(JSON key, label, value) rows of `teacher-info`: what a checkpoint holds and its counts.
+
+    A supernet shows its maximum shape and its active subnet on separate lines; the counts
+    are those of the active subnet (the official rule) and of every tensor loaded.
+    """
+    kind, model = checkpoint.load_with_format(path)
+    rows: list[tuple[str, str, Any]] = [("path", "path", str(path)), ("format", "format", kind)]
+    if isinstance(model, LightHuBERT):
+        space = model.space
+        rows += [("supernet_shape", "supernet (maximum shape)", SubnetConfig.of(space.model).describe()),
+                 ("space", "search space", f"{space.name}, {space.num_subnets:,} subnets"),
+                 ("shape", "active subnet", model.subnet.describe())]
+        cfg, whole = space.model_config(model.subnet), "whole supernet"
     else:
-        width = max(map(len, info))
-        for k, v in info.items():
-            print(f"{k.ljust(width)}  {f'{v:,}' if isinstance(v, int) and not isinstance(v, bool) else v}")
+        cfg, whole = model.cfg, "weight_g and heads included"
+        rows += [("shape", "shape", _shape(model)), ("embed_dim", "embed_dim", cfg.embed_dim),
+                 ("layers", "layers", cfg.depth),
+                 ("heads", "heads", cfg.heads[0] if len(set(cfg.heads)) == 1 else cfg.heads),
+                 ("ffn_dim", "ffn_dim", cfg.ffn_dim[0] if len(set(cfg.ffn_dim)) == 1 else cfg.ffn_dim)]
+    rows += [("extractor_mode", "extractor_mode", cfg.extractor_mode),
+             ("layer_norm_first", "layer_norm_first", cfg.layer_norm_first),
+             ("normalize", "normalize", cfg.normalize),
+             ("parameters", "parameters (official rule)", count_params(cfg)),
+             ("all_weights", f"all weights ({whole})", sum(p.numel() for p in model.parameters()))]
+    return rows
+
+
+def cmd_teacher_info(args: argparse.Namespace) -> int:
+    rows = _teacher_info_rows(args.path)
+    if args.json:
+        print(json.dumps({key: value for key, _, value in rows}, indent=2))
+        return 0
+    width = max(len(label) for _, label, _ in rows)
+    for _, label, v in rows:
+        print(f"{label.ljust(width)}  {f'{v:,}' if isinstance(v, int) and not isinstance(v, bool) else v}")
     return 0
 
 
@@ -145,7 +158,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.dtype != "float32" and args.format != "compact":
         raise ValueError("--dtype float16 applies to the compact format only")
     out = export_subnet(model, args.output, args.format, args.subnet, dtype)
-    print(f"wrote {args.format} export of {_shape(model)} to {out}")
+    print(f"wrote {args.format} export of {_shape(model)} to {out}; open it with {how_to_load(out, args.format)}")
     return 0
 
 
@@ -216,8 +229,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown demo setting(s) {unknown}; known: {', '.join(sorted(fields))}")
     cfg = demo.DemoConfig(**settings)
     report = demo.run(cfg)
-    print(demo.report_markdown(report))
-    print(f"report: {Path(cfg.out) / 'report.md'}, plot: {Path(cfg.out) / 'report.png'}")
+    print(demo.report_text(report))
+    print(f"report (accuracy vs the teacher, notes, settings): {Path(cfg.out) / 'report.md'}, plot: {Path(cfg.out) / 'report.png'}")
     return 0
 
 
@@ -326,7 +339,7 @@ def _training_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lighthubert", description="LightHuBERT: once-for-all HuBERT supernets.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging, other libraries' INFO lines included")
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("extract", help="write every hidden state of audio files as .npy",
@@ -371,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--checkpoint", required=True, help="supernet or dense checkpoint")
     x.add_argument("--subnet", help=f"{SUBNET_HELP}; default: the checkpoint's own")
     x.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="compact: safetensors + JSON folder; "
-                   "hf: transformers HubertModel folder (uniform subnets); onnx: .onnx file; official: supernet .pt")
+                   "hf: transformers folder (HubertModel, or this package's model as remote code where HubertModel cannot "
+                   "hold the subnet); onnx: .onnx file; official: supernet .pt")
     x.add_argument("--output", required=True, help="folder (compact, hf) or file (onnx, official)")
     x.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="compact weights dtype")
     x.set_defaults(func=cmd_export)
@@ -508,16 +522,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Runs one command. Logging: this package's INFO lines (none with `--quiet`); other
+    libraries' only from WARNING up, all of them with `-v` (onnxscript alone writes about 300
+    INFO lines per ONNX export)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    ours = logging.getLogger("lighthubert")
+    level = ours.level
+    ours.setLevel(logging.DEBUG if args.verbose else logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # inside the try: a closed pipe fails here, not at exit
+        return code
+    except BrokenPipeError:  # `lighthubert info --json | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141  # 128 + SIGPIPE, what a shell reports for a command ended by a closed pipe
     except Interrupted as e:
         print(f"lighthubert: {e}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print("lighthubert: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, yaml.YAMLError, TrainingError) as e:
+    except (ValueError, OSError, yaml.YAMLError, TrainingError, MissingExtra) as e:
         print(f"lighthubert: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        ours.setLevel(level)

@@ -337,8 +337,15 @@ def ours_to_distiller(state: dict[str, Tensor], extractor_mode: str) -> dict[str
     return {k: v for k, v in ours_to_official(state, extractor_mode).items() if k != "mask_emb"}
 
 
-def distiller_config_dict(cfg: ModelConfig, targets: list[int]) -> dict[str, Any]:
-    """The s3prl `Config["distiller"]` dict of a DistilHuBERT student (`distiller_config`'s inverse)."""
+def distiller_config_dict(cfg: ModelConfig, targets: list[int], target_dim: int = 768) -> dict[str, Any]:
+    """The s3prl `Config["distiller"]` dict of a DistilHuBERT student (`distiller_config`'s inverse).
+
+    `target_dim` is the width its heads predict (the teacher's): s3prl's `DistillerModel`
+    builds the heads as Linear(E, inter * N), GELU, SplitLinear(inter, N, final_dim) with
+    `out_layer_inter_dim` (default: E) and `final_dim` (default 768); ours use the target
+    width for both, so both are written. s3prl drops `post_extract_proj` when the conv
+    channels equal the embed dim, so such a student has no s3prl form.
+    """
     return {
         "extractor_mode": cfg.extractor_mode,
         "extractor_conv_feature_layers": repr([tuple(c) for c in cfg.conv_layers]),
@@ -357,7 +364,8 @@ def distiller_config_dict(cfg: ModelConfig, targets: list[int]) -> dict[str, Any
         "attention_dropout": 0.0,
         "activation_dropout": cfg.activation_dropout,
         "encoder_layerdrop": cfg.layerdrop,
-        "final_dim": 768,
+        "final_dim": target_dim,
+        "out_layer_inter_dim": target_dim,
         "out_layer_type": "expand-last",
         "n_tasks": len(targets),
         "task_emb_type": "expand-last",
@@ -366,6 +374,11 @@ def distiller_config_dict(cfg: ModelConfig, targets: list[int]) -> dict[str, Any
 
 
 # -- transformers configs -------------------------------------------------------------------
+# An extra config.json key (transformers keeps unknown keys as attributes): the supernet width
+# of an exported subnet, so that its parameter count stays the subnet's (`space.count_params`).
+HF_SUPERNET_KEY = "lighthubert_supernet_embed_dim"
+
+
 def hf_model_config(c: dict[str, Any], normalize: Optional[bool] = None) -> ModelConfig:
     """ModelConfig from a transformers `HubertConfig` / `Wav2Vec2Config` dict (`config.json`).
 
@@ -394,6 +407,7 @@ def hf_model_config(c: dict[str, Any], normalize: Optional[bool] = None) -> Mode
         normalize=(mode == "layer_norm") if normalize is None else bool(normalize),
         dropout=float(c.get("hidden_dropout", 0.1)), activation_dropout=float(c.get("activation_dropout", 0.0)),
         dropout_input=float(c.get("feat_proj_dropout", 0.0)),
+        supernet_embed_dim=int(c.get(HF_SUPERNET_KEY, 0)),
     )
 
 
@@ -426,6 +440,7 @@ def hf_config(cfg: ModelConfig) -> dict[str, Any]:
         "layerdrop": 0.0,
         "apply_spec_augment": True,  # keeps `masked_spec_embed` (our mask_emb) in the model
         "mask_time_prob": 0.05,
+        **({HF_SUPERNET_KEY: cfg.supernet_embed_dim} if cfg.supernet_embed_dim else {}),
     }
 
 

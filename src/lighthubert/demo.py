@@ -28,8 +28,8 @@ import yaml
 from . import checkpoint, corpus, probes, search, transcripts
 from .data import manifest_line
 from .model import HuBERT
-from .space import count_macs, count_params, format_count, format_table
 from .recipes import RunConfig
+from .space import SubnetConfig, count_macs, count_params, format_count, format_table
 from .trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -252,23 +252,29 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     return report
 
 
+def counts(model: HuBERT) -> dict[str, Any]:
+    """Shape, parameters (the official rule, as `info` and `teacher-info` count) and MACs of a row."""
+    return {"shape": SubnetConfig.of(model.cfg).describe(), "params": count_params(model.cfg), "macs": count_macs(model.cfg)}
+
+
 def _measure(model: Union[HuBERT, str], name: str, cfg: DemoConfig, data: dict[str, Path], out: Path) -> dict[str, Any]:
-    """Params, MACs, CPU latency and probe accuracies of one row; cached in out/probes/."""
+    """Shape, params and MACs (counted, every run) and CPU latency and probe accuracies
+    (measured, cached in out/probes/) of one row."""
+    row = counts(model) if isinstance(model, HuBERT) else {}
     cache = out / "probes" / (re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + ".json")
     if cache.is_file():
-        return json.loads(cache.read_text())
+        measured = json.loads(cache.read_text())
+        return {**row, **{k: v for k, v in measured.items() if k not in row}}
     settings = probes.ProbeConfig(epochs=cfg.probe_epochs, seed=cfg.seed, ctc_epochs=cfg.phoneme_epochs,
                                   lstm_layers=cfg.phoneme_lstm_layers, lstm_dim=128, downsample=1, ctc_lr=2e-2,
                                   ctc_batch_seconds=10.0)
     results = probes.probe_tasks(model, data["train"], data["test"], probe_tasks(cfg, data), settings, progress=True)
-    row: dict[str, Any] = {name_: r.metrics["accuracy" if name_ != PHONEME else "per"] for name_, r in results.items()}
+    measured: dict[str, Any] = {name_: r.metrics["accuracy" if name_ != PHONEME else "per"] for name_, r in results.items()}
     if isinstance(model, HuBERT):
-        model.eval()
-        row.update(shape=_describe(model), params=count_params(model.cfg), macs=count_macs(model.cfg),
-                   latency_ms=search.measure_latency(model, runs=5, seconds=1.0))
+        measured["latency_ms"] = search.measure_latency(model.eval(), runs=5, seconds=1.0)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(row))
-    return row
+    cache.write_text(json.dumps(measured))
+    return {**row, **measured}
 
 
 def probe_tasks(cfg: DemoConfig, data: dict[str, Path]) -> dict[str, Union[str, probes.ProbeTask]]:
@@ -280,51 +286,61 @@ def probe_tasks(cfg: DemoConfig, data: dict[str, Path]) -> dict[str, Union[str, 
     return tasks
 
 
-def _describe(model: HuBERT) -> str:
-    c = model.cfg
-    heads = c.heads[0] if len(set(c.heads)) == 1 else "/".join(map(str, c.heads))
-    ffn = c.ffn_dim[0] if len(set(c.ffn_dim)) == 1 else "/".join(map(str, c.ffn_dim))
-    return f"e{c.embed_dim} h{heads} f{ffn} x{c.depth}"
-
-
 # -- the report ----------------------------------------------------------------------------------
-def report_markdown(report: dict[str, Any]) -> str:
-    """The Markdown report: the table, retention against the teacher, the plot, the settings."""
-    rows, cfg = report["rows"], report["config"]
-    tasks = list(cfg["labels"])
+def _table(report: dict[str, Any], retention: bool) -> tuple[list[str], list[list[str]]]:
+    """(columns, cells) of the results table; `retention`: add each probe relative to the teacher."""
+    rows, tasks = report["rows"], list(report["config"]["labels"])
     teacher = next(r for r in rows if r["name"].startswith("teacher"))
     per = PHONEME in teacher
-    cols = ["model", "shape", "params", "MACs / 1 s", "CPU ms / 1 s", "valid loss"] + [f"{t} acc" for t in tasks] \
-        + (["PER"] if per else []) + [f"{t} vs teacher" for t in tasks] + (["PER vs teacher"] if per else [])
-    lines = []
+    cols = ["model", "shape", "params", "MACs / 1 s", "CPU ms / 1 s", "valid loss"] + [f"{t} acc" for t in tasks]
+    cols += ["PER"] if per else []
+    cols += ([f"{t} vs teacher" for t in tasks] + (["PER vs teacher"] if per else [])) if retention else []
+    cells = []
     for r in rows:
-        cells = [r["name"], r.get("shape", "-"), f"{r['params']:,}" if "params" in r else "-",
-                 format_count(r["macs"]) if "macs" in r else "-",
-                 f"{r['latency_ms']:.1f}" if "latency_ms" in r else "-",
-                 f"{r['valid_loss']:.4f}" if r.get("valid_loss") is not None else "-"]
-        cells += [f"{r[t]:.3f}" for t in tasks] + ([f"{100 * r[PHONEME]:.1f}%"] if per else [])
-        cells += [f"{100 * r[t] / teacher[t]:.1f}%" if teacher[t] else "-" for t in tasks]
-        cells += [f"{100 * r[PHONEME] / teacher[PHONEME]:.1f}%" if teacher[PHONEME] else "-"] if per else []
-        lines.append(cells)
-    table = format_table(cols, lines)
+        line = [r["name"], r.get("shape", "-"), f"{r['params']:,}" if "params" in r else "-",
+                format_count(r["macs"]) if "macs" in r else "-",
+                f"{r['latency_ms']:.1f}" if "latency_ms" in r else "-",
+                f"{r['valid_loss']:.4f}" if r.get("valid_loss") is not None else "-"]
+        line += [f"{r[t]:.3f}" for t in tasks] + ([f"{100 * r[PHONEME]:.1f}%"] if per else [])
+        if retention:
+            line += [f"{100 * r[t] / teacher[t]:.1f}%" if teacher[t] else "-" for t in tasks]
+            line += [f"{100 * r[PHONEME] / teacher[PHONEME]:.1f}%" if teacher[PHONEME] else "-"] if per else []
+        cells.append(line)
+    return cols, cells
+
+
+def report_text(report: dict[str, Any]) -> str:
+    """What the terminal shows: the table as aligned plain text (the rest is in report.md)."""
+    return format_table(*_table(report, retention=False))
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The Markdown report: the table, retention against the teacher, the plot, the settings."""
+    cfg = report["config"]
+    tasks = list(cfg["labels"])
+    cols, cells = _table(report, retention=True)
+    per = any(PHONEME in r for r in report["rows"])
     md = ["# lighthubert demo report", "",
           f"Data: {cfg['data'] or 'the built-in generated corpus'}; probes: "
           + ", ".join(f"{t} (`{cfg['labels'][t]}`)" for t in tasks) + ".", "",
-          "```", table, "```", "",
-          "- params: official count (conv front end, projections, positional conv, layers; no prediction head).",
-          "- MACs: one 1-second utterance; CPU ms: median of 5 forward passes over 1 s of audio on this machine "
-          "(measured, not predicted).",
-          "- valid loss: each model's own training objective on the validation split, so compare within a kind: "
-          "teacher = unit cross entropy (every frame, masked or not); LightHuBERT = L1 to the mean of the teacher's last layers on masked "
-          "frames (stage 1 at the max subnet, the subnets as the search scored them); DistilHuBERT = L1 + cosine "
-          "of its heads.",
-          "- accuracy: SUPERB-style probe on frozen features (learned layer weights, mean pooling, MLP head), test split.",
-          *(["- PER: phoneme error rate of a CTC probe on frozen features (learned layer weights, "
-             + (f"{cfg['phoneme_lstm_layers']} BiLSTM layer(s) of 128" if cfg["phoneme_lstm_layers"] else "a linear head")
-             + f", {cfg['phoneme_epochs']} epochs, greedy decoding), test split; lower is better. PER vs teacher: "
-             "the model's PER over the teacher's (above 100% is worse)."] if per else []),
-          "", "![results](report.png)", "",
-          "Searches (evolution, " + f"{cfg['population']} x {cfg['generations']} evaluations each):", ""]
+          "| " + " | ".join(cols) + " |", "|" + "|".join("---" if i < 2 else "--:" for i in range(len(cols))) + "|"]
+    md += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in cells]
+    md += ["",
+           "- params: the official count (`calc_sampled_param_num`, as `lighthubert info` and `teacher-info` count: "
+           "conv front end, projections, positional conv, layers, mask_emb at the supernet's width; no prediction head).",
+           "- MACs: one 1-second utterance; CPU ms: median of 5 forward passes over 1 s of audio on this machine "
+           "(measured, not predicted).",
+           "- valid loss: each model's own training objective on the validation split, so compare within a kind: "
+           "teacher = unit cross entropy (every frame, masked or not); LightHuBERT = L1 to the mean of the teacher's last layers on masked "
+           "frames (stage 1 at the max subnet, the subnets as the search scored them); DistilHuBERT = L1 + cosine "
+           "of its heads.",
+           "- accuracy: SUPERB-style probe on frozen features (learned layer weights, mean pooling, MLP head), test split.",
+           *(["- PER: phoneme error rate of a CTC probe on frozen features (learned layer weights, "
+              + (f"{cfg['phoneme_lstm_layers']} BiLSTM layer(s) of 128" if cfg["phoneme_lstm_layers"] else "a linear head")
+              + f", {cfg['phoneme_epochs']} epochs, greedy decoding), test split; lower is better. PER vs teacher: "
+              "the model's PER over the teacher's (above 100% is worse)."] if per else []),
+           "", "![results](report.png)", "",
+           "Searches (evolution, " + f"{cfg['population']} x {cfg['generations']} evaluations each):", ""]
     md += [f"- {s['budget']} (at most {s['max_params']:,} parameters): {s['best']}" for s in report["searches"]]
     md += ["", "Time per step in this run (s; 0 for a step reused from an earlier run): "
            + ", ".join(f"{k} {v}" for k, v in report["timings_s"].items()), ""]

@@ -2,21 +2,24 @@
 
 - `compact`: `model.safetensors` + `config.json` (the `ModelConfig`, per-layer heads and FFN
   widths) in a folder; `lighthubert.load` reads it without the supernet.
-- `hf`: a transformers `HubertModel` folder, for subnets with the same heads and FFN width
-  in every layer (transformers has one of each).
+- `hf`: a transformers folder: `HubertModel` where it holds the subnet (the same heads and FFN
+  width in every layer), else this package's model as remote code that `AutoModel` loads
+  with `trust_remote_code=True`.
 - `onnx`: a graph from (waveform, lengths) to every hidden state, dynamic batch and time.
 - `official`: the whole supernet in the official `.pt` format with the subnet recorded.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import logging
+import warnings
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from . import checkpoint, convert
@@ -39,8 +42,7 @@ def export_subnet(
     """Writes `model` (a supernet at `subnet`, or a dense model) to `output` in format `fmt`.
 
     Raises:
-        ValueError: an unknown format, a subnet that `hf` cannot represent, `official` for a
-            dense model.
+        ValueError: an unknown format, `official` for a dense model.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {list(FORMATS)}")
@@ -63,12 +65,23 @@ def export_subnet(
     return output
 
 
+def how_to_load(output: Path, fmt: str) -> str:
+    """One line for the user: how to open the export `output` outside this package."""
+    if fmt == "hf":
+        if (output / REMOTE_CODE[1]).is_file():
+            return f"transformers.AutoModel.from_pretrained('{output}', trust_remote_code=True) (this package's model as remote code)"
+        return f"transformers.HubertModel.from_pretrained('{output}')"
+    if fmt == "onnx":
+        return f"onnxruntime.InferenceSession('{output}'): waveform (B, N), lengths (B,) -> hidden_states"
+    return f"lighthubert.load('{output}')"
+
+
 def save_compact(model: HuBERT, cfg: ModelConfig, output: Path, dtype: torch.dtype = torch.float32,
                  subnet: Optional[SubnetConfig] = None) -> None:
     """`output/model.safetensors` (in `dtype`) + `output/config.json`; loads back with `strict=True`."""
     output.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(output / "model.safetensors"))
+    checkpoint.save_tensors(state, output / "model.safetensors")
     meta = {
         "format": checkpoint.COMPACT_FORMAT,
         "version": 1,
@@ -79,8 +92,8 @@ def save_compact(model: HuBERT, cfg: ModelConfig, output: Path, dtype: torch.dty
     (output / "config.json").write_text(json.dumps(meta, indent=2))
 
 
-def hf_compatible(cfg: ModelConfig) -> None:
-    """Raises ValueError unless transformers' `HubertModel` can hold `cfg` exactly.
+def hubert_model_fits(cfg: ModelConfig) -> Optional[str]:
+    """None when transformers' `HubertModel` holds `cfg` exactly, else the reason why not.
 
     transformers has one head count and one FFN width for all layers, and heads of
     `hidden_size / heads`. A subnet whose attention width (64 * heads) is below its embed
@@ -88,33 +101,39 @@ def hf_compatible(cfg: ModelConfig) -> None:
     """
     differ = [i for i in range(cfg.depth) if (cfg.heads[i], cfg.ffn_dim[i]) != (cfg.heads[0], cfg.ffn_dim[0])]
     if differ:
-        raise ValueError(
-            f"transformers needs the same heads and FFN width in every layer; layers {differ} differ from layer 0 "
-            f"(heads {cfg.heads}, ffn_dim {cfg.ffn_dim}); export this subnet as 'compact' or 'onnx'"
-        )
+        return (f"HubertModel needs the same heads and FFN width in every layer; layers {differ} differ from layer 0 "
+                f"(heads {cfg.heads}, ffn_dim {cfg.ffn_dim})")
     if cfg.embed_dim % cfg.head_dim or cfg.heads[0] * cfg.head_dim > cfg.embed_dim:
-        raise ValueError(
-            f"transformers splits hidden_size {cfg.embed_dim} into heads of {cfg.head_dim}, which cannot hold "
-            f"{cfg.heads[0]} heads; export this subnet as 'compact' or 'onnx'"
-        )
+        return f"HubertModel splits hidden_size {cfg.embed_dim} into heads of {cfg.head_dim}, which cannot hold {cfg.heads[0]} heads"
+    return None
 
 
-def save_hf(model: HuBERT, cfg: ModelConfig, output: Path) -> None:
-    """A transformers folder: config.json, model.safetensors, preprocessor_config.json."""
-    hf_compatible(cfg)
-    state = {k: v.detach().cpu().float() for k, v in model.state_dict().items()}
-    e, a = cfg.embed_dim, cfg.heads[0] * cfg.head_dim
-    if a < e:  # pad to hidden_size / head_dim heads with zero heads
-        for i in range(cfg.depth):
-            pre = f"encoder.layers.{i}.self_attn."
-            for name in ("q_proj", "k_proj", "v_proj"):
-                state[pre + name + ".weight"] = torch.cat([state[pre + name + ".weight"], torch.zeros(e - a, e)])
-                state[pre + name + ".bias"] = torch.cat([state[pre + name + ".bias"], torch.zeros(e - a)])
-            state[pre + "out_proj.weight"] = torch.cat([state[pre + "out_proj.weight"], torch.zeros(e, e - a)], dim=1)
+REMOTE_CODE = ("configuration_lighthubert.py", "modeling_lighthubert.py", "model.py")  # written into remote-code folders
+
+
+def save_hf(model: HuBERT, cfg: ModelConfig, output: Path) -> str:
+    """A transformers folder: config.json, model.safetensors, preprocessor_config.json.
+
+    A `HubertModel` folder where transformers' own class holds the shape; otherwise this
+    package's model as remote code (`REMOTE_CODE` files, `auto_map` in config.json), which
+    `AutoModel.from_pretrained(output, trust_remote_code=True)` loads.
+
+    Returns:
+        Which: "HubertModel" or "remote code".
+    """
     output.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in convert.ours_to_hf(state).items()}, str(output / "model.safetensors"),
-              metadata={"format": "pt"})
-    (output / "config.json").write_text(json.dumps(convert.hf_config(cfg), indent=2))
+    state = {k: v.detach().cpu().float() for k, v in model.state_dict().items() if not k.startswith("layer_pred_heads.")}
+    why = hubert_model_fits(cfg)
+    if why is None:
+        kind, weights, config = "HubertModel", convert.ours_to_hf(_pad_heads(state, cfg)), convert.hf_config(cfg)
+    else:
+        log.info("%s: writing this package's model as transformers remote code", why)
+        kind, weights, config = "remote code", {f"hubert.{k}": v for k, v in state.items()}, _remote_config(cfg)
+        source = Path(__file__).parent
+        for name in REMOTE_CODE:
+            (output / name).write_text((source / name).read_text())
+    checkpoint.save_tensors({k: v.contiguous() for k, v in weights.items()}, output / "model.safetensors", {"format": "pt"})
+    (output / "config.json").write_text(json.dumps(config, indent=2))
     processor = {
         "feature_extractor_type": "Wav2Vec2FeatureExtractor",
         "feature_size": 1,
@@ -122,9 +141,39 @@ def save_hf(model: HuBERT, cfg: ModelConfig, output: Path) -> None:
         "padding_value": 0.0,
         "padding_side": "right",
         "do_normalize": cfg.normalize,
-        "return_attention_mask": cfg.extractor_mode == "layer_norm",
+        # our model masks padding exactly; HubertModel's group-norm front end would not
+        "return_attention_mask": kind == "remote code" or cfg.extractor_mode == "layer_norm",
     }
     (output / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+    return kind
+
+
+def _pad_heads(state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
+    """Pads attention to hidden_size / head_dim heads with all-zero heads, for HubertModel."""
+    e, a = cfg.embed_dim, cfg.heads[0] * cfg.head_dim
+    if a == e:
+        return state
+    state = dict(state)
+    for i in range(cfg.depth):
+        pre = f"encoder.layers.{i}.self_attn."
+        for name in ("q_proj", "k_proj", "v_proj"):
+            state[pre + name + ".weight"] = torch.cat([state[pre + name + ".weight"], torch.zeros(e - a, e)])
+            state[pre + name + ".bias"] = torch.cat([state[pre + name + ".bias"], torch.zeros(e - a)])
+        state[pre + "out_proj.weight"] = torch.cat([state[pre + "out_proj.weight"], torch.zeros(e, e - a)], dim=1)
+    return state
+
+
+def _remote_config(cfg: ModelConfig) -> dict:
+    """config.json of a remote-code folder: `LightHuBERTConfig` with our `ModelConfig` inside."""
+    return {
+        "model_type": "lighthubert",
+        "architectures": ["LightHuBERTModel"],
+        "auto_map": {"AutoConfig": "configuration_lighthubert.LightHuBERTConfig",
+                     "AutoModel": "modeling_lighthubert.LightHuBERTModel"},
+        "lighthubert": {**cfg.asdict(), "pred_dim": 0},
+        "hidden_size": cfg.embed_dim,
+        "num_hidden_layers": cfg.depth,
+    }
 
 
 class _HiddenStates(nn.Module):
@@ -139,15 +188,59 @@ class _HiddenStates(nn.Module):
 
 
 def save_onnx(model: HuBERT, output: Path, opset: int = 18) -> None:
-    """ONNX graph with a dynamic batch and time axis; inputs are already normalised waveforms."""
+    """ONNX graph with a dynamic batch and time axis; inputs are already normalised waveforms.
+
+    Raises:
+        MissingExtra: onnx or onnxscript (torch's exporter needs both) is not installed.
+    """
+    require("onnx", "onnxscript", extra="onnx", purpose="ONNX export")
     output.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = _HiddenStates(model.float().eval())
+    wrapper = _HiddenStates(model.float().eval()).eval()
     example = (torch.randn(2, 16000), torch.tensor([16000, 12000]))
     batch, samples = torch.export.Dim("batch", min=1), torch.export.Dim("samples", min=800)
-    with torch.no_grad():
+    with torch.no_grad(), _exporter_chatter_off():
         program = torch.onnx.export(
-            wrapper, example, dynamo=True, opset_version=opset,
+            wrapper, example, dynamo=True, opset_version=opset, verbose=False,
             input_names=["waveform", "lengths"], output_names=["hidden_states"],
             dynamic_shapes={"waveform": {0: batch, 1: samples}, "lengths": {0: batch}},
         )
     program.save(str(output))
+
+
+@contextlib.contextmanager
+def _exporter_chatter_off() -> Iterator[None]:
+    """Keeps the exporter's own output off the terminal unless debug logging is on (`-v`):
+    about 300 INFO lines from onnxscript and onnx_ir per export, torch's warnings that
+    torchvision is absent, deprecations inside torch.export."""
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+class MissingExtra(ImportError):
+    """An optional package is not installed; the message names the pip extra that installs it."""
+
+
+def require(*modules: str, extra: str, purpose: str) -> None:
+    """Raises `MissingExtra` (one line: what is missing, the `pip install` that fixes it)
+    unless every module in `modules` imports."""
+    missing = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise MissingExtra(f"{purpose} needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                           f"not installed: pip install 'lighthubert[{extra}]'")

@@ -5,7 +5,6 @@ A padded batch gives the same valid frames as one utterance at a time (see `HuBE
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +17,6 @@ from tqdm import tqdm
 
 from .data import AudioError, batch_by_size, collate, load_audio, normalize
 from .model import HuBERT
-
-log = logging.getLogger(__name__)
 
 
 def min_samples(model: HuBERT) -> int:
@@ -82,7 +79,8 @@ def extract_files(
     progress: bool = True,
 ) -> ExtractReport:
     """Writes `<out_dir>/<stem>.npy` per audio file: float32 (depth + 1, frames, E), or
-    (frames, E) with `layer`. A bad file is reported and skipped; the others are written.
+    (frames, E) with `layer`. A bad file is skipped and listed in the report's `failed`
+    with its reason (not logged, so that a caller prints it once); the others are written.
 
     Raises:
         ValueError: `layer` out of range, or two inputs that would write the same file.
@@ -107,8 +105,7 @@ def extract_files(
             try:
                 loaded.append((p, load_audio(p, min_samples=shortest)))
             except AudioError as e:
-                report.failed.append((str(p), str(e)))
-                log.error("%s", e)
+                report.failed.append((str(p), str(e)))  # the caller reports it (the CLI: one line per file)
                 bar.update(1)
         for (p, _), feats in zip(loaded, extract(model, [w for _, w in loaded], max_batch_samples)):
             arr = (feats if layer is None else feats[layer]).numpy().astype(np.float32)

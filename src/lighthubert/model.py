@@ -47,6 +47,7 @@ class ModelConfig:
     layerdrop: float = 0.0  # probability of skipping a layer in training; official: encoder_layerdrop
     dropout_input: float = 0.0  # dropout on the projected features
     feature_grad_mult: float = 1.0  # gradient scale of the conv front end (0 freezes it)
+    supernet_embed_dim: int = 0  # embed dim of the supernet this model is a subnet of (0: none); read only by the official parameter count
 
     def __post_init__(self) -> None:
         self.conv_layers = [list(map(int, c)) for c in self.conv_layers]
@@ -64,6 +65,9 @@ class ModelConfig:
             raise ValueError(f"embed_dim {self.embed_dim} must be divisible by conv_pos_groups {self.conv_pos_groups}")
         if min(self.heads) < 1 or min(self.ffn_dim) < 1 or self.embed_dim < 1:
             raise ValueError("embed_dim, heads and ffn_dim must be positive")
+        if self.supernet_embed_dim and self.supernet_embed_dim < self.embed_dim:
+            raise ValueError(f"supernet_embed_dim {self.supernet_embed_dim} is below embed_dim {self.embed_dim}; "
+                             "a subnet is at most as wide as its supernet (0: not a subnet)")
 
     @property
     def depth(self) -> int:
@@ -74,7 +78,12 @@ class ModelConfig:
         return self.conv_layers[-1][0]
 
     def asdict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as a dict; `supernet_embed_dim` only for a subnet, so that the configs of
+        other models read the same as those written before the field existed."""
+        d = dataclasses.asdict(self)
+        if not self.supernet_embed_dim:
+            del d["supernet_embed_dim"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":

@@ -160,8 +160,10 @@ class Fitness:
     """Distillation validation loss of a subnet, as `Trainer.validate` computes it.
 
     Teacher targets are computed once per validation batch (they do not depend on the
-    subnet); batch b's masks come from a generator seeded by `seed + b`, so every subnet
-    sees the same masks. Losses are cached per `SubnetConfig`.
+    subnet), on the first subnet not in the cache, so that a search whose evaluations are
+    all in its history (a finished search run again) reads no audio; batch b's masks come
+    from a generator seeded by `seed + b`, so every subnet sees the same masks. Losses are
+    cached per `SubnetConfig`.
     """
 
     def __init__(self, model: LightHuBERT, teacher: HuBERT, valid_tsv: Union[str, Path], cfg: SearchConfig) -> None:
@@ -170,31 +172,37 @@ class Fitness:
                              f"{teacher.cfg.embed_dim} wide; search needs a supernet distilled from this teacher")
         if cfg.target_layers > teacher.cfg.depth:
             raise ValueError(f"target_layers {cfg.target_layers} exceeds the teacher's {teacher.cfg.depth} layers")
-        self.model, self.cfg = model, cfg
-        device = model.mask_emb.device
+        self.model, self.teacher, self.cfg, self.valid_tsv = model, teacher, cfg, valid_tsv
         distill = LightHuBERTDistillConfig(stage=2, target_layers=cfg.target_layers, mask_prob=cfg.mask_prob,
                                            mask_length=cfg.mask_length, loss_on=cfg.loss_on)
         self.recipe = LightHuBERTRecipe(distill, teacher, seed=cfg.seed)
-        dataset = AudioDataset(valid_tsv, min_samples=cfg.min_sample_size)
-        if len(dataset) == 0:
+        self.dataset = AudioDataset(valid_tsv, min_samples=cfg.min_sample_size)
+        if len(self.dataset) == 0:
             raise ValueError(f"{valid_tsv}: no validation utterance of at least {cfg.min_sample_size} samples")
-        self.batches: list[tuple[int, Batch, Tensor]] = []  # (batch index, batch, teacher target)
-        for b, batch in validation_batches(dataset, cfg.max_batch_samples, cfg.max_sample_size, cfg.seed):
-            if cfg.valid_batches and b >= cfg.valid_batches:
-                break
-            batch = batch.to(device)
-            with torch.no_grad():
-                self.batches.append((b, batch, self.recipe.targets(batch)))
-        if not self.batches:
-            raise ValueError(f"{valid_tsv}: no readable validation audio")
+        self.batches: Optional[list[tuple[int, Batch, Tensor]]] = None  # (batch index, batch, teacher target)
         self.cache: dict[SubnetConfig, float] = {}
+
+    def _prepare(self) -> list[tuple[int, Batch, Tensor]]:
+        """The validation batches and their teacher targets (computed once)."""
+        if self.batches is None:
+            device, cfg, batches = self.model.mask_emb.device, self.cfg, []
+            for b, batch in validation_batches(self.dataset, cfg.max_batch_samples, cfg.max_sample_size, cfg.seed):
+                if cfg.valid_batches and b >= cfg.valid_batches:
+                    break
+                batch = batch.to(device)
+                with torch.no_grad():
+                    batches.append((b, batch, self.recipe.targets(batch)))
+            if not batches:
+                raise ValueError(f"{self.valid_tsv}: no readable validation audio")
+            self.batches = batches
+        return self.batches
 
     @torch.no_grad()
     def __call__(self, sub: SubnetConfig) -> float:
         if sub not in self.cache:
             self.model.eval()
             total, count = 0.0, 0
-            for b, batch, target in self.batches:
+            for b, batch, target in self._prepare():
                 gen = torch.Generator().manual_seed(self.cfg.seed + b)
                 loss = self.recipe.loss(self.model, self.model, sub, batch, target, gen)
                 total += loss.item() * batch.wav.size(0)
@@ -219,11 +227,11 @@ def check_budgets(space: SearchSpace, cfg: SearchConfig) -> None:
     low = space.min()
     params = count_subnet_params(space, low)
     if cfg.max_params is not None and params > cfg.max_params:
-        raise ValueError(f"max_params {cfg.max_params:,} is below the smallest subnet of the {space.name} space "
+        raise ValueError(f"max_params {cfg.max_params:,} is below the smallest subnet of {space.title} "
                          f"({params:,} parameters, the min subnet)")
     macs = count_macs(space.model_config(low))
     if cfg.max_macs is not None and macs > cfg.max_macs:
-        raise ValueError(f"max_macs {cfg.max_macs:,} is below the smallest subnet of the {space.name} space "
+        raise ValueError(f"max_macs {cfg.max_macs:,} is below the smallest subnet of {space.title} "
                          f"({macs:,} MACs per 1 s of audio, the min subnet)")
 
 

@@ -67,6 +67,11 @@ class SubnetConfig:
         return len(set(self.heads)) == 1 and len(set(self.ffn_dim)) == 1
 
     @classmethod
+    def of(cls, cfg: ModelConfig) -> "SubnetConfig":
+        """The shape of a dense model (for `describe()`); not checked against any space."""
+        return cls(cfg.embed_dim, tuple(cfg.heads), tuple(cfg.ffn_dim))
+
+    @classmethod
     def from_official(cls, d: dict[str, Any], head_dim: int = 64) -> "SubnetConfig":
         """Reads the official subnet dict; checks list lengths against `layer_num` and atten_dim = 64*heads."""
         required = ("embed_dim", "heads_num", "ffn_embed", "layer_num")
@@ -171,6 +176,12 @@ class SearchSpace:
         else:
             self.validate(self.default)
 
+    @property
+    def title(self) -> str:
+        """How messages name the space: `the base space`, or `search space 'demo'` for a custom
+        one (named after its file, so the demo's space.yaml would read "the space space")."""
+        return f"the {self.name} space" if self.name in ("base", "small") else f"search space {self.name!r}"
+
     # -- presets -------------------------------------------------------------------------------
     @classmethod
     def base(cls) -> "SearchSpace":
@@ -261,17 +272,17 @@ class SearchSpace:
     def validate(self, sub: SubnetConfig) -> None:
         """Raises ValueError naming the field and the allowed values when `sub` is outside the space."""
         if sub.embed_dim not in self.embed_dims:
-            raise ValueError(f"embed_dim {sub.embed_dim} is not in the {self.name} space; allowed: {list(self.embed_dims)}")
+            raise ValueError(f"embed_dim {sub.embed_dim} is not in {self.title}; allowed: {list(self.embed_dims)}")
         if sub.depth not in self.depths:
-            raise ValueError(f"depth (layer_num) {sub.depth} is not in the {self.name} space; allowed: {list(self.depths)}")
+            raise ValueError(f"depth (layer_num) {sub.depth} is not in {self.title}; allowed: {list(self.depths)}")
         for i, h in enumerate(sub.heads):
             if h not in self.heads:
-                raise ValueError(f"heads[{i}] = {h} is not in the {self.name} space; allowed: {list(self.heads)}")
+                raise ValueError(f"heads[{i}] = {h} is not in {self.title}; allowed: {list(self.heads)}")
         allowed_ffn = [int(r * sub.embed_dim) for r in self.ffn_ratios]
         for i, f in enumerate(sub.ffn_dim):
             if f not in allowed_ffn:
                 raise ValueError(
-                    f"ffn_dim[{i}] = {f} is not in the {self.name} space for embed_dim {sub.embed_dim}; "
+                    f"ffn_dim[{i}] = {f} is not in {self.title} for embed_dim {sub.embed_dim}; "
                     f"allowed: {allowed_ffn} (ratios {list(self.ffn_ratios)})"
                 )
 
@@ -296,25 +307,30 @@ class SearchSpace:
         return depth_map(self.model.depth, depth)
 
     def model_config(self, sub: SubnetConfig) -> ModelConfig:
-        """The `ModelConfig` of the dense model that `sub` exports to."""
-        return dataclasses.replace(self.model, embed_dim=sub.embed_dim, heads=list(sub.heads), ffn_dim=list(sub.ffn_dim))
+        """The `ModelConfig` of the dense model that `sub` exports to; it records the
+        supernet's width, so that the export counts as many parameters as the subnet."""
+        return dataclasses.replace(self.model, embed_dim=sub.embed_dim, heads=list(sub.heads), ffn_dim=list(sub.ffn_dim),
+                                   supernet_embed_dim=self.model.embed_dim)
 
 
 # -- counting ------------------------------------------------------------------------------------
 def count_params(cfg: ModelConfig) -> int:
-    """Parameters of a dense model as the official `calc_sampled_param_num` counts them.
+    """Parameters of a model as the official `calc_sampled_param_num` counts them: the one
+    count every command and report shows (docs/model.md, "Counting").
 
-    Counts the conv front end, its norms, the feature LayerNorm, `mask_emb` at the
-    supernet's full width (`mask_width`, the official count does not slice it),
-    `post_extract_proj`, the positional conv (`weight_g` not counted), the encoder LayerNorm
-    and the layers; the prediction head is excluded. Closed form, no model is built.
+    Counts the conv front end, its norms, the feature LayerNorm, `mask_emb`,
+    `post_extract_proj`, the positional conv (`weight_v` and bias; its `weight_g` is not
+    counted), the encoder LayerNorm and the layers; the prediction head is excluded.
+    `mask_emb` is counted at the supernet's full width (`cfg.supernet_embed_dim`) for a
+    subnet, as the official code does, which does not slice it; so a subnet and its export
+    count the same. Closed form, no model is built.
     """
-    return _count(cfg, cfg.embed_dim)
+    return _count(cfg, cfg.supernet_embed_dim or cfg.embed_dim)
 
 
 def count_subnet_params(space: SearchSpace, sub: SubnetConfig) -> int:
-    """Official parameter count of `sub` (base default: 66,897,664)."""
-    return _count(space.model_config(sub), space.model.embed_dim)
+    """Official parameter count of `sub` (base default: 66,897,664): `count_params` of its export."""
+    return count_params(space.model_config(sub))
 
 
 def _count(cfg: ModelConfig, mask_width: int) -> int:
@@ -368,4 +384,4 @@ def format_count(n: float) -> str:
 def format_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Left-aligned text columns separated by two spaces, header first; for the CLI's tables."""
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in [list(columns), *rows])
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [list(columns), *rows])

@@ -114,7 +114,7 @@ class CTCRecipe:
         if s.mask_prob <= 0:
             student.mask_emb.requires_grad_(False)
         log.info("fine-tuning %s (%s) with a CTC head over %d tokens", self.init,
-                 SubnetConfig(cfg.embed_dim, tuple(cfg.heads), tuple(cfg.ffn_dim)).describe(), len(vocab))
+                 SubnetConfig.of(cfg).describe(), len(vocab))
         self.index = {t: i for i, t in enumerate(vocab)}
         return student
 

@@ -80,7 +80,8 @@ class DistilHuBERTRecipe:
         self.teacher.to(device)
         t, n = self.teacher.cfg, self.settings.distil_layers
         shape = dataclasses.replace(t, heads=t.heads[:n], ffn_dim=t.ffn_dim[:n], feature_layer_norm=False, pred_dim=0,
-                                    layerdrop=0.0, feature_grad_mult=self.settings.distil_conv_grad_scale)
+                                    layerdrop=0.0, feature_grad_mult=self.settings.distil_conv_grad_scale,
+                                    supernet_embed_dim=0)  # a student of its own, even of an exported subnet
         student = DistilHuBERT(shape, self.settings.distil_targets, t.embed_dim)
         if self.init:
             source = checkpoint.load_model(self.init)
@@ -113,7 +114,8 @@ class DistilHuBERTRecipe:
     def save(self, student: DistilHuBERT) -> dict[str, Any]:
         """s3prl's `states-*.ckpt` layout, so its `distiller_local` upstream reads our students."""
         return {"Distiller": convert.ours_to_distiller(student.state_dict(), student.cfg.extractor_mode),
-                "Config": {"distiller": convert.distiller_config_dict(student.cfg, student.targets)}}
+                "Config": {"distiller": convert.distiller_config_dict(student.cfg, student.targets,
+                                                                      student.output_layer[2].weight.shape[-1])}}
 
     def restore(self, student: nn.Module, ckpt: dict[str, Any], source: str) -> None:
         checkpoint.restore_weights(student, ckpt, source)
