@@ -11,10 +11,13 @@ import torch
 
 from lighthubert import checkpoint
 from lighthubert.cli import main
-from lighthubert.search import GenomeCodec, SearchConfig, check_budgets, pareto_front, search
+from lighthubert.search import Fitness, GenomeCodec, SearchConfig, check_budgets, pareto_front, search, training_fitness
 from lighthubert.space import SearchSpace, SubnetConfig, count_macs, count_subnet_params
 from lighthubert.supernet import LightHuBERT
-from lighthubert.recipes import LightHuBERTRecipe
+from lighthubert.trainer import Trainer
+from lighthubert.recipes import LightHuBERTRecipe, RunConfig
+
+from conftest import TRAIN
 
 FAST = dict(population=4, generations=3, valid_batches=2, max_batch_samples=64000, max_sample_size=8000,
             min_sample_size=4000, target_layers=2, device="cpu")
@@ -153,3 +156,38 @@ def test_a_finished_search_run_again_reads_no_audio(demo_like_search, tmp_path, 
     again = search(model, teacher, valid, tmp_path / "s", cfg, resume=True, progress=False)
     assert calls == [] and again.new_evaluations == 0
     assert (again.best, again.best_loss, again.history) == (first.best, first.best_loss, first.history)
+
+
+def test_search_takes_its_fitness_from_the_supernets_training_run(train_setup, tmp_path, capsys):
+    """No fitness flag: the search scores subnets with the settings that trained the supernet,
+    so its loss of a subnet is the run's own validation loss of it; a flag overrides one
+    setting, and a start that fails leaves no folder behind."""
+    settings = {**TRAIN, "space": str(train_setup / "space.yaml"), "mask_length": 3, "max_sample_size": 12000,
+                "valid_every": 2, "save_every": 2, "seed": 5}
+    for stage, init in ((1, None), (2, tmp_path / "s1" / "step-2.pt")):
+        cfg = RunConfig.from_dict({**settings, "stage": stage, "max_steps": 2})
+        recipe = cfg.build(teacher=str(train_setup / "teacher"), init=str(init) if init else None)
+        Trainer(recipe, cfg.train, str(train_setup / "train.tsv"), str(train_setup / "valid.tsv"), str(tmp_path / f"s{stage}")).fit()
+    ckpt = tmp_path / "s2" / "step-2.pt"
+    fitness = training_fitness(checkpoint.load_file(ckpt))
+    assert fitness == {"target_layers": 2, "instance_norm": True, "mask_prob": 0.65, "mask_length": 3, "loss_on": "masked",
+                       "max_batch_samples": 64000, "max_sample_size": 12000, "min_sample_size": 4000}
+    logged = [json.loads(line) for line in (tmp_path / "s2" / "log.jsonl").read_text().splitlines()]
+    trained = [r["loss"] for r in logged if r["type"] == "valid"][-1]
+    model, teacher = checkpoint.load_model(ckpt), checkpoint.load_model(train_setup / "teacher")
+    score = Fitness(model, teacher, train_setup / "valid.tsv", SearchConfig(**fitness, seed=5, device="cpu"))
+    assert score(model.space.default) == pytest.approx(trained["default"], rel=1e-5)
+    assert score(model.space.min()) == pytest.approx(trained["min"], rel=1e-5)
+
+    base = ["search", "--checkpoint", str(ckpt), "--teacher", str(train_setup / "teacher"), "--valid",
+            str(train_setup / "valid.tsv"), "--population", "2", "--generations", "1", "--device", "cpu", "--quiet"]
+    capsys.readouterr()
+    assert main(base + ["--out", str(tmp_path / "a")]) == 0  # no --target-layers: the run's 2, not the default 8
+    said = capsys.readouterr().out.splitlines()[0]
+    assert said.startswith("fitness settings: ") and "mask_length 3 (training run)" in said and "target_layers 2 (training run)" in said
+    saved = json.loads((tmp_path / "a" / "search.json").read_text())["fitness"]
+    assert (saved["mask_length"], saved["max_sample_size"]) == (3, 12000)
+    assert main(base + ["--out", str(tmp_path / "b"), "--mask-length", "4"]) == 0
+    assert json.loads((tmp_path / "b" / "search.json").read_text())["fitness"]["mask_length"] == 4
+    assert main(base + ["--out", str(tmp_path / "c"), "--target-layers", "9"]) == 2
+    assert not (tmp_path / "c").exists()

@@ -295,12 +295,28 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search_fitness(args: argparse.Namespace) -> tuple[dict, str]:
+    """The fitness settings (a flag, else the supernet's own training run, else the default)
+    and a line saying which each came from."""
+    run = search.training_fitness(checkpoint.load_file(args.checkpoint)) if Path(args.checkpoint).is_file() else {}
+    defaults = search.SearchConfig()
+    chosen, said = {}, []
+    for key in search.FITNESS_FROM_RUN:
+        flag = getattr(args, key)
+        value, source = ((flag, "flag") if flag is not None else (run[key], "training run") if key in run
+                         else (getattr(defaults, key), "default"))
+        chosen[key] = value
+        said.append(f"{key} {value} ({source})")
+    return chosen, "fitness settings: " + ", ".join(said)
+
+
 def cmd_search(args: argparse.Namespace) -> int:
+    fitness, said = _search_fitness(args)
+    print(said)
     cfg = search.SearchConfig(
         algorithm=args.algorithm, population=args.population, generations=args.generations, seed=args.seed,
         max_params=args.max_params, max_macs=args.max_macs, max_latency_ms=args.max_latency_ms,
-        measure_latency=args.measure_latency, valid_batches=args.valid_batches, target_layers=args.target_layers,
-        device=args.device)
+        measure_latency=args.measure_latency, valid_batches=args.valid_batches, device=args.device, **fitness)
     model = checkpoint.load_model(args.checkpoint)
     if not isinstance(model, LightHuBERT):
         raise ValueError(f"{args.checkpoint} is a fixed-shape model; search needs a LightHuBERT supernet checkpoint")
@@ -512,8 +528,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--generations", type=int, default=10, help="generations (default %(default)s)")
     s.add_argument("--seed", type=int, default=1, help="seeds the search, masks and crops (default %(default)s)")
     s.add_argument("--valid-batches", type=int, default=0, help="validation batches per subnet; 0 = all (default)")
-    s.add_argument("--target-layers", type=int, default=8, help="mean of the teacher's last K layers, as in "
-                   "training (default %(default)s)")
+    fit = s.add_argument_group("fitness settings", "each defaults to the value of the supernet's own training run "
+                               "(recorded in its checkpoint), else to the default shown; the log says which")
+    fit.add_argument("--target-layers", type=int, help="targets: mean of the teacher's last K layers (default 8)")
+    fit.add_argument("--instance-norm", action=argparse.BooleanOptionalAction, default=None,
+                     help="instance-normalise each teacher layer before averaging (default on)")
+    fit.add_argument("--mask-prob", type=float, help="span-mask start probability (default 0.65)")
+    fit.add_argument("--mask-length", type=int, help="span length in frames (default 10)")
+    fit.add_argument("--loss-on", choices=("masked", "all"), help="frames the L1 is taken on (default masked)")
+    fit.add_argument("--max-batch-samples", type=int, help="padded samples per validation batch (default 1,400,000)")
+    fit.add_argument("--max-sample-size", type=int, help="crop cap of validation utterances, samples (default 320,000)")
+    fit.add_argument("--min-sample-size", type=int, help="shorter validation utterances are skipped (default 0)")
     s.add_argument("--device", help="torch device (default cuda if available); latency is measured there")
     s.add_argument("--resume", action="store_true", help="reuse OUT/history.jsonl and continue")
     s.add_argument("--quiet", action="store_true", help="no progress bar")

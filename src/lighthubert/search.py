@@ -58,6 +58,7 @@ class SearchConfig:
     mask_prob: float = 0.65  # span-mask start probability (as in training)
     mask_length: int = 10  # span length in frames
     loss_on: str = "masked"  # masked | all
+    instance_norm: bool = True  # instance-normalise each teacher layer before averaging (as in training)
     device: Optional[str] = None  # cpu | cuda | cuda:N (default: cuda if available)
 
     def __post_init__(self) -> None:
@@ -85,8 +86,26 @@ class SearchConfig:
     def fitness_key(self) -> dict[str, Any]:
         """The settings a cached loss depends on; a resumed run must share them."""
         keys = ("seed", "valid_batches", "max_batch_samples", "max_sample_size", "min_sample_size", "target_layers",
-                "mask_prob", "mask_length", "loss_on")
+                "mask_prob", "mask_length", "loss_on", "instance_norm")
         return {k: getattr(self, k) for k in keys}
+
+
+# The search settings that make its fitness the training run's validation loss, and where a
+# checkpoint written by `Trainer` records them: (section of its run config, key).
+FITNESS_FROM_RUN = {"target_layers": "recipe", "instance_norm": "recipe", "mask_prob": "recipe", "mask_length": "recipe",
+                    "loss_on": "recipe", "max_batch_samples": "trainer", "max_sample_size": "trainer",
+                    "min_sample_size": "trainer"}
+
+
+def training_fitness(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The fitness settings of the run that wrote a supernet checkpoint (`FITNESS_FROM_RUN`),
+    read from its training state; {} for a checkpoint without one (e.g. an official release).
+    An older flat run config is read key by key."""
+    run = (ckpt.get("trainer") or {}).get("config") if isinstance(ckpt.get("trainer"), dict) else None
+    if not isinstance(run, dict) or run.get("method", "lighthubert") != "lighthubert":
+        return {}
+    return {k: (run[section] if isinstance(run.get(section), dict) else run).get(k) for k, section in FITNESS_FROM_RUN.items()
+            if k in (run[section] if isinstance(run.get(section), dict) else run)}
 
 
 # -- genome --------------------------------------------------------------------------------------
@@ -174,7 +193,8 @@ class Fitness:
             raise ValueError(f"target_layers {cfg.target_layers} exceeds the teacher's {teacher.cfg.depth} layers")
         self.model, self.teacher, self.cfg, self.valid_tsv = model, teacher, cfg, valid_tsv
         distill = LightHuBERTDistillConfig(stage=2, target_layers=cfg.target_layers, mask_prob=cfg.mask_prob,
-                                           mask_length=cfg.mask_length, loss_on=cfg.loss_on)
+                                           mask_length=cfg.mask_length, loss_on=cfg.loss_on,
+                                           instance_norm=cfg.instance_norm)
         self.recipe = LightHuBERTRecipe(distill, teacher, seed=cfg.seed)
         self.dataset = AudioDataset(valid_tsv, min_samples=cfg.min_sample_size)
         if len(self.dataset) == 0:
@@ -422,8 +442,12 @@ def search(model: LightHuBERT, teacher: HuBERT, valid_tsv: Union[str, Path], out
         raise ValueError("search needs a supernet (LightHuBERT) checkpoint, got a fixed-shape model")
     space = model.space
     check_budgets(space, cfg)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device).eval()
+    teacher = teacher.to(device).eval().requires_grad_(False)
+    teacher.encoder.layerdrop = 0.0
+    fitness = Fitness(model, teacher, valid_tsv, cfg)  # checks the settings against the teacher: before any file
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     history, settings = out / "history.jsonl", out / "search.json"
     meta = {"space": space.to_dict(), "valid": str(valid_tsv), "fitness": cfg.fitness_key()}
     cached: dict[SubnetConfig, dict] = {}
@@ -438,13 +462,8 @@ def search(model: LightHuBERT, teacher: HuBERT, valid_tsv: Union[str, Path], out
                                  "its losses cannot be reused, choose another --out")
         cached = _read_history(history, space)
         log.info("resuming: %d evaluations in %s", len(cached), history)
+    out.mkdir(parents=True, exist_ok=True)
     settings.write_text(json.dumps({**meta, "config": dataclasses.asdict(cfg)}, indent=2))
-
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model.to(device).eval()
-    teacher = teacher.to(device).eval().requires_grad_(False)
-    teacher.encoder.layerdrop = 0.0
-    fitness = Fitness(model, teacher, valid_tsv, cfg)
     total = cfg.population * cfg.generations
     with tqdm(total=total, disable=not progress, unit="subnet", desc=cfg.algorithm) as bar:
         s = _Searcher(model, fitness, cfg, history, cached, bar)
