@@ -54,7 +54,7 @@ def test_error_rate_is_summed_over_the_corpus():
 def test_greedy_decoding_merges_repeats_and_drops_blanks():
     """A linear head whose output is its one-hot input, so the best path is the input's."""
     vocab = ["a", "b"]
-    model = ctc.CTCProbe(1, 3, vocab, probes.ProbeConfig(lstm_layers=0))
+    model = ctc.CTCProbe(1, 3, vocab, probes.ProbeConfig(lstm_layers=0, downsample=1))
     with torch.no_grad():
         model.out.weight.copy_(10 * torch.eye(3))
         model.out.bias.zero_()
@@ -188,7 +188,7 @@ def libri(tmp_path_factory):
         (target / f"{ch.parent.name}-{ch.name}.trans.txt").symlink_to(next(ch.glob("*.trans.txt")))
         for f in sorted(ch.glob("*.ogg"))[:6]:
             (target / f.name).symlink_to(f)
-    train, valid = write_manifest(audio, folder / "m", valid_percent=0.25, seed=0)
+    train, valid = write_manifest(audio, folder / "m", valid_percent=0.25, seed=3)  # 6 held out, 1-2 per chapter
     m = read_manifest(train)
     return train, valid, probes.FrozenFeatures.compute(probes.MFCC, [m.root / rel for rel, _ in m.entries])
 
@@ -234,3 +234,18 @@ def test_bilstm_equals_a_packed_bidirectional_lstm():
                                       batch_first=True)
     valid = torch.arange(9)[None] < lengths[:, None]
     assert torch.allclose(ours(x, lengths)[valid], expected[valid], atol=1e-6)
+
+
+def test_train_hours_takes_one_seeded_subset_for_every_task(generated):
+    c, _ = generated
+    frames = dict(read_manifest(c.train).entries)
+    tasks = {"phoneme": probes.ProbeTask("phoneme"), "speaker": probes.ProbeTask("speaker-id", SPEAKER)}
+    checked = probes.check_tasks(c.train, c.test, tasks, train_hours=10 / 3600, seed=1)  # about 10 s of audio
+    paths = checked["phoneme"].train_paths
+    assert paths == checked["speaker"].train_paths and 5 < len(paths) < 30
+    assert sum(frames[p.name] for p in paths[:-1]) < 10 * 16000 <= sum(frames[p.name] for p in paths) + 16000
+    phones = {w: corpus._WORD_PHONES[w].split() for w in corpus.WORDS}
+    assert checked["phoneme"].train_labels == [phones[p.name.split("_")[0]] for p in paths]  # labels follow the subset
+    assert checked["speaker"].train_labels == [p.name.split("_")[1] for p in paths]
+    assert probes.check_tasks(c.train, c.test, tasks, train_hours=10 / 3600, seed=2)["phoneme"].train_paths != paths
+    assert len(probes.check_tasks(c.train, c.test, tasks)["phoneme"].train_paths) == 60

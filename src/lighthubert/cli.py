@@ -251,7 +251,8 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     kinds = args.task or ["utterance-classification"]
     settings = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "hidden", "seed", "ctc_epochs", "ctc_lr",
-                                              "ctc_batch_seconds", "lstm_layers", "lstm_dim", "downsample", "threads")}
+                                              "ctc_batch_seconds", "lstm_layers", "lstm_dim", "downsample", "threads",
+                                              "train_hours")}
     cfg = probes.ProbeConfig(task=kinds[0], **{k: v for k, v in settings.items() if v is not None})
     if len(set(kinds)) < len(kinds):
         raise ValueError(f"--task given twice: {kinds}")
@@ -503,6 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lstm-layers", type=int, help=f"BiLSTM layers; 0 = linear CTC head, SUPERB's PR (default {defaults.lstm_layers})")
     g.add_argument("--lstm-dim", type=int, help=f"LSTM units per direction (default {defaults.lstm_dim})")
     g.add_argument("--downsample", type=int, help=f"frames concatenated before the LSTM (default {defaults.downsample})")
+    r.add_argument("--train-hours", type=float, help="train every head on a seeded random subset of about this much "
+                   "audio: features and heads cost in proportion (default: all)")
     r.add_argument("--threads", type=int, help=f"torch threads while a head trains; 0 = as set (default {defaults.threads})")
     r.add_argument("--seed", type=int, help=f"seeds the head's init and batch order (default {defaults.seed})")
     r.add_argument("--device", help="torch device for the upstream, e.g. cuda (default cpu)")

@@ -22,6 +22,7 @@ class ProbeConfig:
     layer_norm: bool = True  # layer-normalise each hidden state before weighting (see `Featurizer`)
     seed: int = 0  # seeds the head's init and the batch order
     max_batch_seconds: float = 60.0  # padded audio per forward pass of the upstream
+    train_hours: float = 0.0  # when > 0: train every head on a seeded random subset of about this much audio
     threads: int = 1  # torch threads while a head trains (0: leave as set); see `torch_threads`
     ctc_epochs: int = 3  # sequence heads: passes over the training set
     ctc_lr: float = 5e-3  # sequence heads: peak Adam learning rate (10% warm-up, then linear decay)
@@ -44,5 +45,7 @@ class ProbeConfig:
                     "ctc_batch_seconds": self.ctc_batch_seconds}
         if not all(v > 0 for v in positive.values()):
             raise ValueError(f"lr, max_batch_seconds, ctc_lr and ctc_batch_seconds must be positive, got {positive}")
+        if self.train_hours < 0:
+            raise ValueError(f"train_hours must be >= 0 (0 = all training audio), got {self.train_hours}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")

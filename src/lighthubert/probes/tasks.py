@@ -4,6 +4,7 @@ fit one head per task and score it on its test set."""
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -13,7 +14,7 @@ from typing import Optional, Union
 import torch
 
 from .. import transcripts
-from ..data import read_manifest
+from ..data import SAMPLE_RATE, read_manifest
 from ..model import HuBERT
 from .config import SEQUENCE_TASKS, TASKS, ProbeConfig
 from .ctc import decode, fit_ctc
@@ -154,7 +155,7 @@ def probe_tasks(source: Union[HuBERT, str], train_manifest: Manifest, test_manif
     cfg = cfg or ProbeConfig()
     if isinstance(source, str) and source != MFCC:
         raise ValueError(f"source must be a model or {MFCC!r}, got {source!r}")
-    checked = check_tasks(train_manifest, test_manifest, tasks)
+    checked = check_tasks(train_manifest, test_manifest, tasks, cfg.train_hours, cfg.seed)
     feats: dict[Path, FrozenFeatures] = {}
     for c in checked.values():
         for manifest, paths in ((c.train, c.train_paths), (c.test, c.test_paths)):
@@ -172,9 +173,16 @@ def probe_tasks(source: Union[HuBERT, str], train_manifest: Manifest, test_manif
     return results
 
 
-def check_tasks(train_manifest: Manifest, test_manifest: Manifest, tasks: dict[str, Union[str, ProbeTask]]) -> dict[str, CheckedTask]:
+def check_tasks(train_manifest: Manifest, test_manifest: Manifest, tasks: dict[str, Union[str, ProbeTask]],
+                train_hours: float = 0.0, seed: int = 0) -> dict[str, CheckedTask]:
     """Reads and checks every task's manifests and labels without touching audio, so a
     pipeline can fail early.
+
+    Args:
+        train_hours: when positive, each training manifest is cut to a seeded random subset
+            of about this much audio (see `ProbeConfig.train_hours`); the same subset for
+            every task that reads it.
+        seed: seeds that subset.
 
     Raises:
         ValueError: see `probe`.
@@ -184,12 +192,15 @@ def check_tasks(train_manifest: Manifest, test_manifest: Manifest, tasks: dict[s
         task = ProbeTask(labels=spec) if isinstance(spec, str) else spec
         train, test = Path(task.train or train_manifest), Path(task.test or test_manifest)
         (train_paths, train_root), (test_paths, test_root) = _audio_paths(train), _audio_paths(test)
+        keep = _subset(train, train_hours, seed)
         if task.kind in SEQUENCE_TASKS:
             kind = LABEL_KIND[task.kind]
-            train_labels = _label_file(train, train_paths, task.train_labels, kind)
+            train_labels = [_label_file(train, train_paths, task.train_labels, kind)[i] for i in keep]
+            train_paths = [train_paths[i] for i in keep]
             test_labels = _label_file(test, test_paths, task.test_labels, kind)
         else:
             labels = task.labels or LIBRISPEECH_SPEAKER
+            train_paths = [train_paths[i] for i in keep]
             train_labels = labels_from(labels, train_paths, train_root)
             test_labels = labels_from(labels, test_paths, test_root)
             classes = sorted(set(train_labels))
@@ -202,6 +213,24 @@ def check_tasks(train_manifest: Manifest, test_manifest: Manifest, tasks: dict[s
                                  f"add them to {train} or remove them from {test}")
         checked[name] = CheckedTask(task, train, test, train_paths, test_paths, train_labels, test_labels)
     return checked
+
+
+def _subset(manifest: Path, hours: float, seed: int) -> list[int]:
+    """Indices of a seeded random subset of the manifest's utterances with about `hours` of
+    audio (by its frame counts), in manifest order; all of them when `hours` is 0."""
+    sizes = [n for _, n in read_manifest(manifest).entries]
+    if hours <= 0:
+        return list(range(len(sizes)))
+    order = list(range(len(sizes)))
+    random.Random(seed).shuffle(order)
+    keep, total = [], 0
+    for i in order:
+        if total >= hours * 3600 * SAMPLE_RATE:
+            break
+        keep.append(i)
+        total += sizes[i]
+    log.info("%s: probing on %d of %d utterances (%.2f h)", manifest, len(keep), len(sizes), total / SAMPLE_RATE / 3600)
+    return sorted(keep)
 
 
 def _label_file(manifest: Path, paths: list[Path], given: Optional[Manifest], kind: str) -> list[list[str]]:
