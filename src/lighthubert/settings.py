@@ -67,7 +67,7 @@ def from_dict(cls: type[T], d: dict[str, Any], what: str = "config") -> T:
     types = field_types(cls)
     unknown = sorted(set(d) - set(types))
     if unknown:
-        raise ValueError(f"unknown {what} key(s) {unknown}; known: {', '.join(sorted(types))}")
+        raise ValueError(f"unknown {what} setting(s) {unknown}; known: {', '.join(sorted(types))}")
     return cls(**{k: convert(k, v, types[k]) for k, v in d.items()})
 
 

@@ -1,0 +1,191 @@
+"""The demo's pipeline: teacher, stage 1, stage 2, DistilHuBERT, search, probes, report.
+
+Each step leaves its result in the output folder and is skipped when that result is already
+there, so running the same command again resumes an interrupted demo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from .. import checkpoint, probes, search
+from ..model import HuBERT
+from ..recipes import RunConfig
+from ..space import SubnetConfig, count_macs, count_params
+from ..trainer import Trainer
+from .config import DISTIL, MIN_SAMPLES, TEACHER, DemoConfig, budget_fraction, space_of
+from .corpora import Tasks, prepare_data, probe_tasks
+from .report import plot, report_markdown
+
+log = logging.getLogger(__name__)
+
+
+def _train(run: Path, teacher: Optional[Path], data: dict[str, Path], settings: dict[str, Any],
+           init: Optional[Path] = None) -> tuple[Path, dict[str, float]]:
+    """One Trainer run into `run`, or its finished result: (last checkpoint, validation losses)."""
+    cfg = RunConfig.from_dict(settings)
+    done = run / f"step-{cfg.train.max_steps}.pt"
+    summary = run / "summary.json"
+    if done.is_file() and summary.is_file():
+        log.info("%s: done already", run)
+        return done, json.loads(summary.read_text())["valid"]
+    recipe = cfg.build(teacher=str(teacher) if teacher else None, init=str(init) if init else None)
+    trainer = Trainer(recipe, cfg.train, str(data["train"]), str(data["valid"]), str(run))
+    trainer.resume()
+    result = trainer.fit()
+    summary.write_text(json.dumps(result))
+    return done, result["valid"]
+
+
+def _common(cfg: DemoConfig, steps: int) -> dict[str, Any]:
+    """Training settings shared by every run of the demo."""
+    return {"max_steps": steps, "lr": cfg.lr, "warmup": 0.1, "schedule": "linear", "hold": 0.0, "seed": cfg.seed,
+            "max_batch_samples": int(cfg.batch_seconds * 16000), "max_sample_size": int(cfg.crop_seconds * 16000),
+            "min_sample_size": MIN_SAMPLES, "num_workers": 0, "log_every": 10, "valid_every": steps,
+            "save_every": steps, "keep_last": 1, "device": "cpu"}
+
+
+def search_settings(cfg: DemoConfig) -> dict[str, Any]:
+    """`SearchConfig` fields that make the search's fitness the demo's stage-2 validation loss."""
+    common = _common(cfg, 1)
+    return {**DISTIL, **{k: common[k] for k in ("max_batch_samples", "max_sample_size", "min_sample_size", "device")}}
+
+
+def probe_settings(cfg: DemoConfig) -> probes.ProbeConfig:
+    """The probes' settings. Sequence heads: for LibriSpeech the probes' own defaults (a BiLSTM
+    CTC head, docs/probes.md); for the built-in corpus's phoneme probe a linear CTC head
+    (SUPERB PR's) at 50 Hz, lr 2e-2, batches of 10 s: seconds per model there."""
+    common = {"epochs": cfg.probe_epochs, "seed": cfg.seed, "train_hours": cfg.probe_train_hours}
+    if cfg.corpus == "librispeech":
+        return probes.ProbeConfig(**common)
+    return probes.ProbeConfig(**common, ctc_epochs=cfg.phoneme_epochs, lstm_layers=cfg.phoneme_lstm_layers,
+                              lstm_dim=128, downsample=1, ctc_lr=2e-2, ctc_batch_seconds=10.0)
+
+
+def run(cfg: DemoConfig) -> dict[str, Any]:
+    """Runs (or resumes) the demo; returns the report as a dict and writes report.md / .json / .png."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = dataclasses.asdict(cfg)
+    saved = out / "demo.yaml"
+    if saved.is_file():  # resuming: every cached step must come from these settings
+        before = yaml.safe_load(saved.read_text()) or {}
+        changed = sorted(k for k in settings if k != "out" and before.get(k) != settings[k])
+        if changed:
+            raise ValueError(f"{out} holds a demo run with other settings ({', '.join(changed)}); "
+                             "use another --out, or delete the folder to start again")
+    saved.write_text(yaml.safe_dump(settings, sort_keys=False))
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 1)
+        clock = now
+
+    data = prepare_data(cfg, out)
+    tasks = probe_tasks(cfg, data)
+    probes.check_tasks(data["train"], data["test"], tasks)  # bad labels fail here, before any training
+    lap("data")
+
+    teacher_ckpt, teacher_valid = _train(out / "teacher", None, data, {
+        **_common(cfg, cfg.teacher_steps), "method": "hubert", "model": TEACHER, "clusters": cfg.teacher_clusters,
+        "mask_prob": 0.65, "mask_length": 5, "loss_on": "all"})  # unmasked frames too: keeps speaker detail
+    lap("teacher")
+    space_file = out / "space.yaml"
+    space_file.write_text(yaml.safe_dump(space_of(TEACHER), sort_keys=False))
+    depth = len(TEACHER["heads"])
+    stage1, stage1_valid = _train(out / "stage1", teacher_ckpt, data, {
+        **_common(cfg, cfg.stage1_steps), **DISTIL, "stage": 1, "space": str(space_file)})
+    lap("stage 1")
+    stage2, stage2_valid = _train(out / "stage2", teacher_ckpt, data, {
+        **_common(cfg, cfg.stage2_steps), **DISTIL, "stage": 2, "space": str(space_file),
+        "sampling": "sandwich", "sandwich_random": 1}, init=stage1)
+    lap("stage 2")
+    distilled, distil_valid = _train(out / "distilhubert", teacher_ckpt, data, {
+        **_common(cfg, cfg.stage1_steps + cfg.stage2_steps), "method": "distilhubert",
+        "distil_layers": 2, "distil_targets": [depth // 2, depth - 1, depth]})
+    lap("distilhubert")
+
+    teacher = checkpoint.load_model(teacher_ckpt)
+    supernet = checkpoint.load_model(stage2)
+    student = checkpoint.load_model(distilled).without_heads()
+    max_params = count_params(supernet.space.model_config(supernet.space.max()))
+    rows: list[dict[str, Any]] = [
+        {"name": "MFCC (39-dim)", "model": probes.MFCC, "valid_loss": None},
+        {"name": "teacher (HuBERT it. 1)", "model": teacher, "valid_loss": teacher_valid.get("teacher")},
+        {"name": "LightHuBERT stage 1", "model": checkpoint.load_model(stage1).export()[0],
+         "valid_loss": stage1_valid.get("max")},
+        {"name": "DistilHuBERT (2 layers)", "model": student, "valid_loss": distil_valid.get("student")},
+    ]
+    searches = []
+    for budget in cfg.budgets:
+        fraction = budget_fraction(budget)
+        limit = count_params(student.cfg) if fraction is None else int(fraction * max_params)
+        label = "DistilHuBERT's params" if fraction is None else f"{budget} of max params"
+        result = search.search(supernet, teacher, data["valid"], out / "search" / str(budget).replace("/", "_of_"),
+                               search.SearchConfig(population=cfg.population, generations=cfg.generations, seed=cfg.seed,
+                                                   max_params=limit, **search_settings(cfg)),
+                               resume=True, progress=True)
+        supernet.set_subnet(result.best)
+        searches.append({"budget": label, "max_params": limit, "history": result.history, "best": result.best.describe()})
+        rows.append({"name": f"LightHuBERT subnet, {label}", "model": supernet.export()[0], "valid_loss": result.best_loss,
+                     "subnet": result.best.describe()})
+    lap("search")
+
+    for row in rows:
+        row.update(_measure(row.pop("model"), row["name"], cfg, data, tasks, out))
+    lap("probes")
+    report = {"rows": rows, "metrics": metric_columns(tasks),
+              "searches": [{k: v for k, v in s.items() if k != "history"} for s in searches],
+              "max_params": max_params, "timings_s": timings, "config": dataclasses.asdict(cfg)}
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, searches, out / "report.png")
+    (out / "report.md").write_text(report_markdown(report))
+    return report
+
+
+def metric_columns(tasks: Tasks) -> list[str]:
+    """The report's probe columns, in order: each classification probe's `NAME acc`, then the
+    error rates (`PER`, `CER`, `WER`) of the sequence probes that ran."""
+    kinds = {name: t.kind if isinstance(t, probes.ProbeTask) else "utterance-classification" for name, t in tasks.items()}
+    cols = [f"{name} acc" for name, kind in kinds.items() if kind in ("utterance-classification", "speaker-id")]
+    cols += ["PER"] if "phoneme" in kinds.values() else []
+    return cols + (["CER", "WER"] if "asr" in kinds.values() else [])
+
+
+def counts(model: HuBERT) -> dict[str, Any]:
+    """Shape, parameters (the official rule, as `info` and `teacher-info` count) and MACs of a row."""
+    return {"shape": SubnetConfig.of(model.cfg).describe(), "params": count_params(model.cfg), "macs": count_macs(model.cfg)}
+
+
+def _measure(model: Union[HuBERT, str], name: str, cfg: DemoConfig, data: dict[str, Path], tasks: Tasks,
+             out: Path) -> dict[str, Any]:
+    """Shape, params and MACs (counted, every run) and CPU latency and probe results (measured,
+    cached in out/probes/) of one row."""
+    row = counts(model) if isinstance(model, HuBERT) else {}
+    cache = out / "probes" / (re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + ".json")
+    if cache.is_file():
+        measured = json.loads(cache.read_text())
+        return {**row, **{k: v for k, v in measured.items() if k not in row}}
+    started = time.perf_counter()
+    results = probes.probe_tasks(model, data["train"], data["test"], tasks, probe_settings(cfg), progress=True)
+    measured: dict[str, Any] = {"probe_seconds": round(time.perf_counter() - started, 1)}
+    for task, result in results.items():
+        if "accuracy" in result.metrics:
+            measured[f"{task} acc"] = result.metrics["accuracy"]
+        measured.update({k.upper(): v for k, v in result.metrics.items() if k != "accuracy"})
+    if isinstance(model, HuBERT):
+        measured["latency_ms"] = search.measure_latency(model.eval(), runs=5, seconds=1.0)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(measured))
+    return {**row, **measured}
