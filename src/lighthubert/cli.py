@@ -240,7 +240,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     teacher = checkpoint.load_model(args.teacher)
     result = search.search(model, teacher, args.valid, args.out, cfg, resume=args.resume, progress=not args.quiet)
     best = next(r for r in result.history if r["describe"] == result.best.describe())
-    latency = f", {best['latency_ms']:.1f} ms measured" if "latency_ms" in best else ""
+    latency = f", {best['latency_ms']:.1f} ms measured on the exported model" if "latency_ms" in best else ""
     print(f"best subnet {result.best.describe()}: loss {result.best_loss:.5f}, {best['params']:,} params, "
           f"{format_count(best['macs'])} MACs/1s audio{latency} ({result.evaluations} subnets evaluated, "
           f"{result.new_evaluations} in this run)")
@@ -389,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--max-params", type=int, help="parameter budget (official count)")
     s.add_argument("--max-macs", type=int, help="MAC budget per 1 s of audio")
-    s.add_argument("--max-latency-ms", type=float, help="latency budget for 1 s of audio, measured on --device")
+    s.add_argument("--max-latency-ms", type=float, help="latency budget for 1 s of audio: the subnet's exported dense model, measured on --device")
     s.add_argument("--measure-latency", action="store_true", help="measure and record latency without a latency budget")
     s.add_argument("--algorithm", default="evolution", choices=("evolution", "random"), help="(default %(default)s)")
     s.add_argument("--population", type=int, default=20, help="candidates per generation (default %(default)s)")
