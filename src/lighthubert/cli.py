@@ -15,6 +15,7 @@ import yaml
 
 from . import checkpoint, data, demo, distributed, probes, search
 from .export import FORMATS as EXPORT_FORMATS
+from .export import QUANTIZE as EXPORT_QUANTIZE
 from .export import export_subnet
 from .extract import extract_files
 from .model import HuBERT
@@ -124,8 +125,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     dtype = {"float32": torch.float32, "float16": torch.float16}[args.dtype]
     if args.dtype != "float32" and args.format != "compact":
         raise ValueError("--dtype float16 applies to the compact format only")
-    out = export_subnet(model, args.output, args.format, args.subnet, dtype)
-    print(f"wrote {args.format} export of {_shape(model)} to {out}")
+    out = export_subnet(model, args.output, args.format, args.subnet, dtype, args.quantize)
+    kind = args.format + (f" ({args.quantize})" if args.quantize else "")
+    print(f"wrote {kind} export of {_shape(model)} to {out}")
     return 0
 
 
@@ -309,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "hf: transformers HubertModel folder (uniform subnets); onnx: .onnx file; official: supernet .pt")
     x.add_argument("--output", required=True, help="folder (compact, hf) or file (onnx, official)")
     x.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="compact weights dtype")
+    x.add_argument("--quantize", choices=EXPORT_QUANTIZE, help="onnx only: int8 = dynamic int8 weight matmuls in the "
+                   "Transformer (ONNX Runtime's quantizer; the conv front end stays float); default float32")
     x.set_defaults(func=cmd_export)
 
     t = sub.add_parser("distill", help="two-stage LightHuBERT distillation (stage 1 / 2) from a teacher",
