@@ -1,4 +1,22 @@
-"""Speed and memory of one stage-2 distillation step at base size on CPU, and the trainer's overhead.
+"""Speed and memory of one stage-2 distillation step at base size on CPU: the supernet's step
+against its exported dense model's, and the trainer's overhead.
+
+Part 1 (`--only dense`): a stage-2 step of the supernet at a subnet against the same step of
+the dense model that subnet exports (`LightHuBERT.export`), at the base space's default,
+min and max subnets and one seeded random subnet with block-wise FFNs (embed dim < 768 and
+mixed FFN ratios). Both train the student alone on the same batch (`--batch` x `--seconds`
+of speech-like audio), masks and target (seeded noise of the teacher's width; the teacher's
+forward is the same for both and left out): forward + masked L1, backward, clip_grad_norm_,
+AdamW (fused, the trainer's settings) and zero_grad, each part timed. The supernet's AdamW
+holds all its 95M parameters, as `Trainer` builds it: a sliced weight's gradient is full
+size (zero outside the slice, as in the official training), so AdamW steps the whole tensor,
+and that cost is part of stage 2; the table gives AdamW's share of each step. Rounds
+alternate supernet / dense / dense / supernet...; one more step per model, under
+torch.profiler's memory events, gives the peak of the tensors the step allocates.
+
+    ratio = median supernet step / median dense step     (target: <= 1.15 at every subnet)
+
+Part 2 (`--only trainer`): the trainer's own overhead, below.
 
 Builds what a user's stage-2 run has, with random weights (speed does not depend on them):
 
@@ -41,8 +59,8 @@ resident set (`ru_maxrss`, setup included) and the peak during `train_step` alon
 VmHWM reset through /proc/self/clear_refs before each step) with its rise over the RSS at
 the start of the step.
 
-    python benchmarks/bench_train.py                           # 2 x 2 s, torch's threads, 5 steps
-    python benchmarks/bench_train.py --threads 1 --steps 9
+    python benchmarks/bench_train.py                           # both parts, 2 x 2 s, torch's threads, 5 steps
+    python benchmarks/bench_train.py --threads 1 --only dense --steps 9
     python benchmarks/bench_train.py --batch 4 --seconds 3 --profile
 
 `--profile` adds where `train_step`'s time goes (its parts timed inside it by wrapping the
@@ -471,7 +489,7 @@ def report_dense(rows: list, supernet_params: int) -> None:
     med = statistics.median
     print(f"\nStage-2 step of a subnet vs its exported dense model, median ms (target: supernet / dense <= {STEP_TARGET:.2f}x)")
     head = (f"{'subnet':<8} {'model':<9} {'params':>7} {'step':>7} {'fwd':>6} {'bwd':>6} {'clip':>5} {'optim':>6} "
-            f"{'optim%':>6} {'step MiB':>8} {'ratio':>7}  {'target':<14} {'of minima':>9}  per-round")
+            f"{'optim%':>6} {'step MiB':>8} {'ratio':>7}  {'target':<14} {'of minima':>9}  per-round (median)")
     print(head)
     print("-" * len(head))
     for name, sub, runs, memory, dense_params in rows:
@@ -486,7 +504,8 @@ def report_dense(rows: list, supernet_params: int) -> None:
                     f"{part['optimizer'] / steps[who]:>6.1%} {memory[who] / MIB:>8.0f}")
             if who == "supernet":
                 verdict = f"<= {STEP_TARGET:.2f}x " + ("met" if ratio <= STEP_TARGET else "MISSED")
-                line += f" {ratio:>6.3f}x  {verdict:<14} {fastest:>8.3f}x  {min(paired):.2f}-{max(paired):.2f}"
+                line += (f" {ratio:>6.3f}x  {verdict:<14} {fastest:>8.3f}x  {min(paired):.2f}-{max(paired):.2f} "
+                         f"({med(paired):.3f})")
             print(line)
     for name, sub, *_ in rows:
         print(f"{name}: {sub.describe()}")
