@@ -166,7 +166,7 @@ def save_onnx(model: HuBERT, output: Path, opset: int = 18, quantize: Optional[s
     (`quantize_onnx_int8`) to `output`, and removes the float one.
     """
     output.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = _HiddenStates(model.float().eval())
+    wrapper = _HiddenStates(model.float().eval()).eval()  # the wrapper too: the exporter warns of a training-mode module
     example = (torch.randn(2, 16000), torch.tensor([16000, 12000]))
     batch, samples = torch.export.Dim("batch", min=1), torch.export.Dim("samples", min=800)
     with torch.no_grad():

@@ -144,9 +144,9 @@ def measure_latency(model: HuBERT, sub: Optional[SubnetConfig] = None, runs: int
 
     A supernet is exported first (`LightHuBERT.export` of `sub`, default its active subnet:
     the dense model `lighthubert export` writes) and that model is timed: the sliced
-    supernet runs 1.1-1.5x slower than its export, the most at block-wise FFNs, so timing
-    it would over-state every latency and penalise exactly those subnets. A dense model is
-    timed as it is.
+    supernet runs slower than its export (the slices' overhead, the most at block-wise FFNs),
+    so timing it would over-state every latency and penalise exactly those subnets. A dense
+    model is timed as it is.
 
     Raises:
         ValueError: `sub` given for a dense model.
