@@ -1,4 +1,22 @@
-"""Speed and memory of one stage-2 distillation step at base size on CPU, and the trainer's overhead.
+"""Speed and memory of one stage-2 distillation step at base size on CPU: the supernet's step
+against its exported dense model's, and the trainer's overhead.
+
+Part 1 (`--only dense`): a stage-2 step of the supernet at a subnet against the same step of
+the dense model that subnet exports (`LightHuBERT.export`), at the base space's default,
+min and max subnets and one seeded random subnet with block-wise FFNs (embed dim < 768 and
+mixed FFN ratios). Both train the student alone on the same batch (`--batch` x `--seconds`
+of speech-like audio), masks and target (seeded noise of the teacher's width; the teacher's
+forward is the same for both and left out): forward + masked L1, backward, clip_grad_norm_,
+AdamW (fused, the trainer's settings) and zero_grad, each part timed. The supernet's AdamW
+holds all its 95M parameters, as `Trainer` builds it: a sliced weight's gradient is full
+size (zero outside the slice, as in the official training), so AdamW steps the whole tensor,
+and that cost is part of stage 2; the table gives AdamW's share of each step. Rounds
+alternate supernet / dense / dense / supernet...; one more step per model, under
+torch.profiler's memory events, gives the peak of the tensors the step allocates.
+
+    ratio = median supernet step / median dense step     (target: <= 1.15 at every subnet)
+
+Part 2 (`--only trainer`): the trainer's own overhead, below.
 
 Builds what a user's stage-2 run has, with random weights (speed does not depend on them):
 
@@ -41,8 +59,8 @@ resident set (`ru_maxrss`, setup included) and the peak during `train_step` alon
 VmHWM reset through /proc/self/clear_refs before each step) with its rise over the RSS at
 the start of the step.
 
-    python benchmarks/bench_train.py                           # 2 x 2 s, torch's threads, 5 steps
-    python benchmarks/bench_train.py --threads 1 --steps 9
+    python benchmarks/bench_train.py                           # both parts, 2 x 2 s, torch's threads, 5 steps
+    python benchmarks/bench_train.py --threads 1 --only dense --steps 9
     python benchmarks/bench_train.py --batch 4 --seconds 3 --profile
 
 `--profile` adds where `train_step`'s time goes (its parts timed inside it by wrapping the
@@ -56,6 +74,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import random
 import resource
 import statistics
 import sys
@@ -72,11 +91,12 @@ from lighthubert.data import SAMPLE_RATE, normalize, synthetic_speech, write_man
 from lighthubert.export import save_compact
 from lighthubert.losses import masked_l1, span_mask
 from lighthubert.model import HuBERT, ModelConfig
-from lighthubert.space import SearchSpace, count_subnet_params
+from lighthubert.space import SearchSpace, SubnetConfig, count_subnet_params
 from lighthubert.supernet import LightHuBERT
 from lighthubert.trainer import DistillConfig, Trainer
 
 TARGET = 1.10
+STEP_TARGET = 1.15  # supernet step / exported dense model's step, at each compared subnet
 MIB = 1024 * 1024
 
 
@@ -362,6 +382,138 @@ def _keep_grads(trainer: Trainer):
         del opt.step, opt.zero_grad
 
 
+# -- the supernet's step against the exported dense model's ----------------------------------------
+def subnets_to_compare(space: SearchSpace, seed: int) -> dict[str, SubnetConfig]:
+    """default, min, max and one seeded random subnet whose FFNs are block-wise (embed dim < max)."""
+    rng = random.Random(seed)
+    sub = space.sample(rng)
+    while sub.embed_dim == space.model.embed_dim or len(set(sub.ffn_dim)) < 2:
+        sub = space.sample(rng)
+    return {"default": space.default, "min": space.min(), "max": space.max(), "random": sub}
+
+
+def student_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, wav: torch.Tensor, target: torch.Tensor,
+                 mask: torch.Tensor, clip: float) -> dict[str, float]:
+    """One student step as `train_step` runs it, each part timed: forward + masked L1, backward,
+    clip_grad_norm_ over the parameters with a gradient, AdamW step, zero_grad(set_to_none)."""
+    ms = {}
+    start = time.perf_counter()
+    out = model(normalize(wav) if model.cfg.normalize else wav, mask=mask)
+    loss = masked_l1(out.prediction, target, mask)
+    ms["forward"] = time.perf_counter()
+    loss.backward()
+    ms["backward"] = time.perf_counter()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], clip)
+    ms["clip"] = time.perf_counter()
+    optimizer.step()
+    ms["optimizer"] = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    ms["zero_grad"] = time.perf_counter()
+    last, out_ms = start, {}
+    for k, t in ms.items():
+        out_ms[k], last = (t - last) * 1e3, t
+    out_ms["step"] = (last - start) * 1e3
+    return out_ms
+
+
+def step_memory(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *batch) -> int:
+    """Peak bytes of the tensors a `student_step` allocates (gradients, activations, the
+    optimizer's temporaries) over what is alive at its start, from torch.profiler's memory
+    events: exact and independent of how the C allocator keeps or returns freed memory."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        student_step(model, optimizer, *batch)
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def compare_dense(args: argparse.Namespace) -> None:
+    """Supernet step at a subnet vs the step of that subnet's exported dense model, side by side.
+
+    Both train the student alone (the teacher's forward is the same for both, so it is left
+    out): same batch, same masks, same target (seeded noise of the teacher's width), the
+    trainer's AdamW (fused, its default hyper-parameters) and clipping. The supernet's AdamW
+    holds every supernet parameter (as `Trainer` builds it) and steps each one with a gradient;
+    the dense model's holds the subnet's. Rounds run supernet, dense, dense, supernet, ... so
+    that neither always goes first; one more round per model measures memory.
+    """
+    cfg = DistillConfig(stage=2)
+    base = SearchSpace.base()
+    space = dataclasses.replace(base, model=dataclasses.replace(base.model, pred_dim=768))
+    torch.manual_seed(args.seed)
+    supernet = LightHuBERT(space).train()
+    params = sum(p.numel() for p in supernet.parameters())
+
+    def adamw(model: torch.nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                                 weight_decay=cfg.weight_decay, fused=True)
+
+    super_opt = adamw(supernet)
+    samples = int(args.seconds * SAMPLE_RATE)
+    wav = torch.stack([synthetic_speech(args.seconds, f0=100.0 + 7.0 * i, seed=i)[:samples] for i in range(args.batch)])
+    frames = int(supernet.frame_lengths(torch.tensor([samples]))[0])
+    gen = torch.Generator().manual_seed(args.seed)
+    target = torch.randn(args.batch, frames, 768, generator=gen)
+    mask = span_mask(args.batch, frames, cfg.mask_prob, cfg.mask_length, gen)
+    batch = (wav, target, mask, cfg.grad_clip)
+    print(f"\nSupernet step vs the exported dense model's step (student only: forward + loss, backward, clip, "
+          f"AdamW fused, zero_grad); {args.batch} x {args.seconds:g} s, warm-up {args.warmup}, {args.steps} timed rounds; "
+          f"the supernet's AdamW holds all {params / 1e6:.1f}M parameters", flush=True)
+    rows = []
+    for name, sub in subnets_to_compare(space, args.seed).items():
+        supernet.set_subnet(sub)
+        dense, _ = supernet.export(sub)
+        dense.train()
+        models = {"supernet": (supernet, super_opt), "dense": (dense, adamw(dense))}
+        runs: dict[str, list[dict]] = {"supernet": [], "dense": []}
+        for r in range(args.warmup + args.steps):
+            for who in ("supernet", "dense") if r % 2 == 0 else ("dense", "supernet"):
+                ms = student_step(*models[who], *batch)
+                if r >= args.warmup:
+                    runs[who].append(ms)
+        memory = {who: step_memory(*models[who], *batch) for who in models}
+        rows.append((name, sub, runs, memory, sum(p.numel() for p in dense.parameters())))
+        del dense, models
+        s, d = (statistics.median(m["step"] for m in runs[w]) for w in ("supernet", "dense"))
+        print(f"  {name}: supernet {s:.0f} ms, dense {d:.0f} ms, ratio {s / d:.3f}", flush=True)
+    report_dense(rows, params)
+
+
+def report_dense(rows: list, supernet_params: int) -> None:
+    med = statistics.median
+    print(f"\nStage-2 step of a subnet vs its exported dense model, median ms (target: supernet / dense <= {STEP_TARGET:.2f}x)")
+    head = (f"{'subnet':<8} {'model':<9} {'params':>7} {'step':>7} {'fwd':>6} {'bwd':>6} {'clip':>5} {'optim':>6} "
+            f"{'optim%':>6} {'step MiB':>8} {'ratio':>7}  {'target':<14} {'of minima':>9}  per-round (median)")
+    print(head)
+    print("-" * len(head))
+    for name, sub, runs, memory, dense_params in rows:
+        steps = {w: med(m["step"] for m in runs[w]) for w in runs}
+        ratio = steps["supernet"] / steps["dense"]
+        fastest = min(m["step"] for m in runs["supernet"]) / min(m["step"] for m in runs["dense"])
+        paired = [a["step"] / b["step"] for a, b in zip(runs["supernet"], runs["dense"])]
+        for who, n in (("supernet", supernet_params), ("dense", dense_params)):
+            part = {k: med(x[k] for x in runs[who]) for k in ("forward", "backward", "clip", "optimizer")}
+            line = (f"{name if who == 'supernet' else '':<8} {who:<9} {n / 1e6:>6.1f}M {steps[who]:>7.0f} "
+                    f"{part['forward']:>6.0f} {part['backward']:>6.0f} {part['clip']:>5.0f} {part['optimizer']:>6.0f} "
+                    f"{part['optimizer'] / steps[who]:>6.1%} {memory[who] / MIB:>8.0f}")
+            if who == "supernet":
+                verdict = f"<= {STEP_TARGET:.2f}x " + ("met" if ratio <= STEP_TARGET else "MISSED")
+                line += (f" {ratio:>6.3f}x  {verdict:<14} {fastest:>8.3f}x  {min(paired):.2f}-{max(paired):.2f} "
+                         f"({med(paired):.3f})")
+            print(line)
+    for name, sub, *_ in rows:
+        print(f"{name}: {sub.describe()}")
+    print("params: what the model's AdamW steps (the supernet's: all of them); optim%: AdamW's share of the step; "
+          "step MiB: peak of the tensors the step allocates (torch.profiler memory events); of minima: the same "
+          "ratio of the fastest rounds (less sensitive to other load on the machine)")
+
+
 # -- report ----------------------------------------------------------------------------------------
 def describe(space: SearchSpace, subnets: list) -> str:
     """`e640 x12 65.0M` (embed dim, depth, official parameter count); `e768x12+e512x12+... 264.6M` for several."""
@@ -443,6 +595,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1, help="seeds the weights, subnets, masks and crops")
     ap.add_argument("--profile", action="store_true", help="also break train_step down and print a torch.profiler table")
     ap.add_argument("--profile-steps", type=int, default=3, help="steps for the --profile breakdown (default 3)")
+    ap.add_argument("--only", choices=("trainer", "dense"),
+                    help="run one part: the trainer's overhead, or the supernet step vs the dense model's (default both)")
     args = ap.parse_args()
     if args.batch < 1 or args.steps < 1 or args.warmup < 0 or args.seconds < 0.5 or args.num_workers < 0 \
             or args.profile_steps < 1 or (args.threads is not None and args.threads < 1):
@@ -455,6 +609,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, stage 2, base space, {args.sampling} sampling, "
           f"batch {args.batch} x {args.seconds:g} s = {args.batch * args.seconds:g} s of audio, "
           f"warm-up {args.warmup}, median of {args.steps}")
+    if args.only != "trainer":
+        compare_dense(args)
+    if args.only == "dense":
+        return
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         start = time.perf_counter()
         trainer, samples = build_run(Path(tmp), args)

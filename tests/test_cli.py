@@ -236,12 +236,12 @@ def test_a_space_file_named_space_yaml(tmp_path, capsys):
 
 def test_demo_prints_a_plain_table(tmp_path, capsys, monkeypatch):
     """The terminal gets aligned text; code fences, image links and pipes go to report.md only."""
-    rows = [{"name": "MFCC (39-dim)", "valid_loss": None, "word": 0.9},
-            {"name": "teacher (HuBERT it. 1)", "valid_loss": 1.47, "word": 1.0, "shape": "e192 h3 f768 x4",
+    rows = [{"name": "MFCC (39-dim)", "valid_loss": None, "word acc": 0.9},
+            {"name": "teacher (HuBERT it. 1)", "valid_loss": 1.47, "word acc": 1.0, "shape": "e192 h3 f768 x4",
              "params": 1_932_864, "macs": 134_680_000, "latency_ms": 8.2},
-            {"name": "LightHuBERT subnet, 1/3 of max params", "valid_loss": 0.456, "word": 0.95,
+            {"name": "LightHuBERT subnet, 1/3 of max params", "valid_loss": 0.456, "word acc": 0.95,
              "shape": "e144 h[1,3,1] f[288,288,576] x3", "params": 638_688, "macs": 69_380_000, "latency_ms": 4.8}]
-    report = {"rows": rows, "searches": [{"budget": "1/3 of max params", "max_params": 644_288, "best": rows[2]["shape"]}],
+    report = {"rows": rows, "metrics": ["word acc"], "searches": [{"budget": "1/3 of max params", "max_params": 644_288, "best": rows[2]["shape"]}],
               "max_params": 1_932_864, "timings_s": {"data": 0.1}, "config": {"data": None, "labels": {"word": "^(a)"},
                                                                              "population": 8, "generations": 4}}
     monkeypatch.setattr(demo, "run", lambda cfg: report)

@@ -140,6 +140,98 @@ def test_linear_export_is_plain_linear_with_same_output(in_f, out_f, kw, active,
     assert layer.weight.abs().min() > 0
 
 
+def reference_forward(layer: ElasticLinear, x: torch.Tensor) -> torch.Tensor:
+    """Autograd's own route: F.linear on the gathered slice (narrow + cat), no custom backward."""
+    return F.linear(x, *layer.active_weight(x.size(-1)))
+
+
+LAYOUTS = [  # (in, out, kwargs, active out, input width): every block layout the supernet has
+    (128, 512, {"out_blocks": 4}, 288, 96),  # fc1, block rows
+    (128, 512, {"out_blocks": 4}, 256, 64),  # fc1, ratio 4
+    (512, 128, {"in_blocks": 4}, 96, 288),  # fc2, block columns
+    (128, 128, {}, 96, 64),  # q/k/v/out_proj, prefix slice
+    (128, 64, {"bias": False}, 64, 96),  # prediction head, no bias
+    (128, 512, {"out_blocks": 4}, 512, 128),  # the whole layer
+]
+
+
+@pytest.mark.parametrize("in_f, out_f, kw, active, width", LAYOUTS)
+def test_linear_gradients_equal_autograd_slicing(in_f, out_f, kw, active, width):
+    """The block backward writes each block's gradient into one full-size gradient; it must
+    equal what autograd gives through slicing, zeros outside the active blocks included."""
+    layer = seeded_linear(in_f, out_f, **kw)
+    layer.set_active(active)
+    x = torch.randn(3, 7, width, requires_grad=True)
+    g = torch.randn(3, 7, active)
+    grads = []
+    for forward in (layer, lambda x: reference_forward(layer, x)):
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        (forward(x) * g).sum().backward()
+        grads.append([x.grad, layer.weight.grad] + ([] if layer.bias is None else [layer.bias.grad]))
+    for ours, ref in zip(*grads):
+        assert ours.shape == ref.shape
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    assert (grads[0][1] == 0).sum() == (grads[1][1] == 0).sum()  # the same entries untouched
+
+
+@pytest.mark.parametrize("in_f, out_f, kw, active, width", LAYOUTS[:4])
+def test_linear_under_bf16_autocast_matches_f_linear(in_f, out_f, kw, active, width):
+    """Under CPU autocast the layer runs as F.linear does there: bf16 products on an fp32
+    weight, a bf16 output, fp32 gradients of the weight (bf16 rounding: ~1e-2 relative)."""
+    layer = seeded_linear(in_f, out_f, **kw)
+    layer.set_active(active)
+    x = torch.randn(3, 7, width, requires_grad=True)
+    g = torch.randn(3, 7, active)
+    outs, grads = [], []
+    for forward in (layer, lambda x: reference_forward(layer, x)):
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        with torch.autocast("cpu", torch.bfloat16):
+            y = forward(x)
+        (y.float() * g).sum().backward()
+        outs.append(y)
+        grads.append([x.grad, layer.weight.grad, layer.bias.grad])
+    assert outs[0].dtype == outs[1].dtype == torch.bfloat16
+    torch.testing.assert_close(outs[0], outs[1], rtol=2e-2, atol=2e-2)
+    for ours, ref in zip(*grads):
+        assert ours.dtype == ref.dtype == torch.float32
+        scale = ref.abs().max()
+        assert (ours - ref).abs().max() <= 1e-2 * scale
+
+
+def test_supernet_gradients_equal_autograd_slicing_over_sandwich_subnets(make_tiny_supernet, monkeypatch):
+    """Gradients accumulated over several random subnets (sandwich sampling: one backward per
+    subnet into the same .grad) equal those of autograd's slicing, for every parameter."""
+    import random
+
+    model = make_tiny_supernet().train()
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    wav = torch.randn(2, 2000, generator=torch.Generator().manual_seed(0))
+    rng = random.Random(0)
+    subnets = [model.space.max(), model.space.min()] + [model.space.sample(rng) for _ in range(3)]
+    frames = int(model.frame_lengths(torch.tensor([2000]))[0])
+    mask = torch.rand(2, frames, generator=torch.Generator().manual_seed(1)) < 0.5
+
+    def grads() -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        for sub in subnets:
+            model.set_subnet(sub)
+            out = model(wav, mask=mask)
+            (sum(h.square().mean() for h in out.hidden_states) + out.prediction.abs().mean()).backward()
+        return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    ours = grads()
+    monkeypatch.setattr(ElasticLinear, "forward", reference_forward)
+    ref = grads()
+    assert ours.keys() == ref.keys() and len(ref) == len(list(model.parameters()))
+    top = max(g.abs().max() for g in ref.values())
+    for k in ref:  # atol relative to the largest gradient: k_proj.bias's true gradient is 0 (float noise only)
+        torch.testing.assert_close(ours[k], ref[k], rtol=1e-4, atol=1e-6 * top, msg=k)
+
+
 # -- ElasticLayerNorm --------------------------------------------------------------------------
 def seeded_layer_norm() -> ElasticLayerNorm:
     torch.manual_seed(0)

@@ -149,6 +149,36 @@ def test_onnx_nonuniform_dynamic_axes(tiny, tmp_path):
         np.testing.assert_allclose(_onnx_run(tmp_path / "m.onnx", wav, lengths), supernet_outputs(tiny, wav, lengths).numpy(), atol=ATOL)
 
 
+def test_onnx_int8_quantizes_the_transformer_matmuls_only(tiny, tmp_path, capsys):
+    """--quantize int8: the weight matmuls after the conv front end become int8 (1 + 6 per
+    layer), the front end's stay float; hidden states move by about 1% of their range,
+    far above float noise (ATOL) and far below the states themselves."""
+    pytest.importorskip("onnxscript")
+    onnx = pytest.importorskip("onnx")
+    sub = nonuniform(tiny.space, seed=1)
+    export_subnet(tiny, tmp_path / "f.onnx", "onnx", sub)
+    export_subnet(tiny, tmp_path / "q.onnx", "onnx", sub, quantize="int8")
+    assert not (tmp_path / "q.float32.onnx").exists()
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node]
+    float_ops = [n.op_type for n in onnx.load(str(tmp_path / "f.onnx")).graph.node]
+    assert ops.count("MatMulInteger") == 1 + 6 * sub.depth
+    assert ops.count("MatMul") == float_ops.count("MatMul") - ops.count("MatMulInteger") > 0  # front end + attention
+    assert (tmp_path / "q.onnx").stat().st_size < 0.6 * (tmp_path / "f.onnx").stat().st_size
+    wav, lengths = torch.randn(2, 4000), torch.tensor([4000, 3000])
+    ref = supernet_outputs(tiny, wav, lengths).numpy()
+    got = _onnx_run(tmp_path / "q.onnx", wav, lengths)
+    for i in range(ref.shape[0]):
+        err = np.abs(got[i] - ref[i]).max() / np.abs(ref[i]).max()
+        assert 10 * ATOL < err < 0.05, f"hidden state {i}: relative error {err:.4f}"
+
+    ckpt = tmp_path / "s.pt"
+    checkpoint.save_file(checkpoint.official_checkpoint(tiny), ckpt)
+    assert main(["export", "--checkpoint", str(ckpt), "--format", "compact", "--output", str(tmp_path / "c"),
+                 "--quantize", "int8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "with the onnx format" in err[0]
+
+
 def test_official_export_records_subnet(tiny, tmp_path):
     sub = nonuniform(tiny.space, seed=2)
     export_subnet(tiny, tmp_path / "o.pt", "official", sub)

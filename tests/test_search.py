@@ -89,6 +89,43 @@ def test_budgets_respected_and_outputs_valid(setup, train_setup, tmp_path):
     assert png.shape[:2] == (504, 768) and png[..., :3].std() > 0.05
 
 
+def test_latency_budget_times_the_exported_model_selects_and_refuses(setup, train_setup, tmp_path, monkeypatch):
+    """Latency is that of each subnet's exported dense model (never the sliced supernet). A
+    timer that reads the model it is given (its MACs, in ms) makes the budget deterministic
+    through the real search loop: over-budget candidates are timed and refused, never
+    evaluated; a budget below the exported min subnet is an error naming its latency."""
+    import lighthubert.search as search_module
+    from lighthubert.model import HuBERT
+
+    _, _, space = setup
+    timed: list[int] = []
+
+    def timer(model, runs=5, seconds=1.0):
+        assert type(model) is HuBERT and not model.training, "latency must be timed on the exported dense model"
+        timed.append(count_macs(model.cfg))
+        return count_macs(model.cfg) / 1e6
+
+    monkeypatch.setattr(search_module, "time_forward", timer)
+
+    def ms(sub):
+        return count_macs(space.model_config(sub)) / 1e6
+
+    budget = (ms(space.min()) + ms(space.max())) / 2
+    result = _run(setup, train_setup, tmp_path / "a", max_latency_ms=budget)
+    lines = [json.loads(x) for x in (tmp_path / "a" / "history.jsonl").read_text().splitlines()]
+    assert len(lines) == result.evaluations > 1
+    for rec in lines:
+        sub = SubnetConfig.from_official(rec["subnet"], space.model.head_dim)
+        assert rec["latency_of"] == "exported dense model" and rec["latency_ms"] == round(ms(sub), 3) <= budget
+    refused = [m for m in timed if m / 1e6 > budget]
+    assert refused and not any(r["macs"] in refused for r in lines)  # timed, over budget, never evaluated
+    assert ms(result.best) <= budget
+
+    low = ms(space.min())
+    with pytest.raises(ValueError, match=rf"below the measured latency of the exported min subnet \({low:.1f} ms"):
+        _run(setup, train_setup, tmp_path / "b", max_latency_ms=low * 0.99)
+
+
 def test_evolution_deterministic_and_resume_reuses_history(setup, train_setup, tmp_path):
     a = _run(setup, train_setup, tmp_path / "a", seed=3)
     b = _run(setup, train_setup, tmp_path / "b", seed=3)

@@ -121,6 +121,8 @@ def test_targets_masks_and_l1():
     pred, tgt = torch.zeros(1, 3, 2), torch.tensor([[[1.0, 1.0], [2.0, 2.0], [4.0, 4.0]]])
     assert masked_l1(pred, tgt, torch.tensor([[True, False, True]])).item() == pytest.approx(2.5)
     assert masked_l1(pred, tgt, None).item() == pytest.approx(7 / 3)
+    with pytest.raises(ValueError, match="selects no frame"):
+        masked_l1(pred, tgt, torch.zeros(1, 3, dtype=torch.bool))
 
 
 def test_training_batches_are_normalised_per_utterance():

@@ -16,6 +16,7 @@ import yaml
 
 from . import asr, checkpoint, data, demo, distributed, probes, search, settings, transcripts
 from .export import FORMATS as EXPORT_FORMATS
+from .export import QUANTIZE as EXPORT_QUANTIZE
 from .export import MissingExtra, export_subnet, how_to_load
 from .extract import extract_files
 from .model import HuBERT
@@ -157,8 +158,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     dtype = {"float32": torch.float32, "float16": torch.float16}[args.dtype]
     if args.dtype != "float32" and args.format != "compact":
         raise ValueError("--dtype float16 applies to the compact format only")
-    out = export_subnet(model, args.output, args.format, args.subnet, dtype)
-    print(f"wrote {args.format} export of {_shape(model)} to {out}; open it with {how_to_load(out, args.format)}")
+    out = export_subnet(model, args.output, args.format, args.subnet, dtype, args.quantize)
+    kind = args.format + (f" ({args.quantize})" if args.quantize else "")
+    print(f"wrote {kind} export of {_shape(model)} to {out}; open it with {how_to_load(out, args.format)}")
     return 0
 
 
@@ -319,7 +321,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     teacher = checkpoint.load_model(args.teacher)
     result = search.search(model, teacher, args.valid, args.out, cfg, resume=args.resume, progress=not args.quiet)
     best = next(r for r in result.history if r["describe"] == result.best.describe())
-    latency = f", {best['latency_ms']:.1f} ms measured" if "latency_ms" in best else ""
+    latency = f", {best['latency_ms']:.1f} ms measured on the exported model" if "latency_ms" in best else ""
     print(f"best subnet {result.best.describe()}: loss {result.best_loss:.5f}, {best['params']:,} params, "
           f"{format_count(best['macs'])} MACs/1s audio{latency} ({result.evaluations} subnets evaluated, "
           f"{result.new_evaluations} in this run)")
@@ -400,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "hold the subnet); onnx: .onnx file; official: supernet .pt")
     x.add_argument("--output", required=True, help="folder (compact, hf) or file (onnx, official)")
     x.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="compact weights dtype")
+    x.add_argument("--quantize", choices=EXPORT_QUANTIZE, help="onnx only: int8 = dynamic int8 weight matmuls in the "
+                   "Transformer (ONNX Runtime's quantizer; the conv front end stays float); default float32")
     x.set_defaults(func=cmd_export)
 
     t = sub.add_parser("distill", help="two-stage LightHuBERT distillation (stage 1 / 2) from a teacher",
@@ -522,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--max-params", type=int, help="parameter budget (official count)")
     s.add_argument("--max-macs", type=int, help="MAC budget per 1 s of audio")
-    s.add_argument("--max-latency-ms", type=float, help="latency budget for 1 s of audio, measured on --device")
+    s.add_argument("--max-latency-ms", type=float, help="latency budget for 1 s of audio: the subnet's exported dense model, measured on --device")
     s.add_argument("--measure-latency", action="store_true", help="measure and record latency without a latency budget")
     s.add_argument("--algorithm", default="evolution", choices=("evolution", "random"), help="(default %(default)s)")
     s.add_argument("--population", type=int, default=20, help="candidates per generation (default %(default)s)")

@@ -9,6 +9,7 @@ after `.to()` or `.half()`. `export()` hands back the plain dense module of the 
 from __future__ import annotations
 
 import math
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,156 @@ def _take(t: Tensor, ranges: list[tuple[int, int]], dim: int) -> Tensor:
     return torch.cat([t.narrow(dim, a, b - a) for a, b in ranges], dim)
 
 
+def _offsets(ranges: list[tuple[int, int]]) -> list[int]:
+    """Where each range starts once the ranges are laid side by side: [0, len0, len0 + len1, ...]."""
+    out = [0]
+    for a, b in ranges:
+        out.append(out[-1] + b - a)
+    return out
+
+
+def _amp_dtype(x: Tensor) -> Optional[torch.dtype]:
+    """The dtype autocast would run a matmul in on `x`'s device, or None outside autocast."""
+    kind = x.device.type
+    if x.dtype == torch.float64 or not torch.is_autocast_enabled(kind):
+        return None
+    return torch.get_autocast_dtype(kind)
+
+
+def _zeros_outside(t: Tensor, rows: list, cols: Optional[list]) -> Tensor:
+    """A new tensor like `t`, zero outside the blocks `rows` x `cols`, which are left unset:
+    the backward writes them next, so filling them first would be a wasted pass."""
+    out = torch.empty_like(t)
+    for a, b in _gaps(rows, t.size(0)):
+        out[a:b] = 0
+    if cols is not None:
+        for ra, rb in rows:
+            for a, b in _gaps(cols, t.size(1)):
+                out[ra:rb, a:b] = 0
+    return out
+
+
+def _gaps(ranges: list, total: int) -> list[tuple[int, int]]:
+    """The `[start, stop)` stretches of `0..total` that no range covers (ranges in order)."""
+    gaps, at = [], 0
+    for a, b in ranges:
+        if a > at:
+            gaps.append((at, a))
+        at = b
+    return gaps + [(at, total)] if at < total else gaps
+
+
+def _gather(t: Tensor, rows: list, cols: Optional[list], dtype: torch.dtype) -> Tensor:
+    """The blocks `rows` x `cols` of `t` side by side, as one new tensor in `dtype`."""
+    ro = _offsets(rows)
+    out = t.new_empty((ro[-1],) if cols is None else (ro[-1], _offsets(cols)[-1]), dtype=dtype)
+    for (ra, rb), r0 in zip(rows, ro):
+        if cols is None:
+            out[r0 : r0 + rb - ra] = t[ra:rb]
+        else:
+            for (ca, cb), c0 in zip(cols, _offsets(cols)):
+                out[r0 : r0 + rb - ra, c0 : c0 + cb - ca] = t[ra:rb, ca:cb]
+    return out
+
+
+def _scatter(full: Tensor, rows: list, cols: Optional[list], active: Tensor) -> Tensor:
+    """Writes `active` (the blocks side by side) into the blocks of `full`; returns `full`."""
+    for (ra, rb), r0 in zip(rows, _offsets(rows)):
+        if cols is None:
+            full[ra:rb] = active[r0 : r0 + rb - ra]
+        else:
+            for (ca, cb), c0 in zip(cols, _offsets(cols)):
+                full[ra:rb, ca:cb] = active[r0 : r0 + rb - ra, c0 : c0 + cb - ca]
+    return full
+
+
+class _BlockLinear(torch.autograd.Function):
+    """y = x W[rows, cols]^T + b[rows] over blocks of one full-size weight.
+
+    Slicing with autograd costs a full-size zero-filled gradient per slice (`SliceBackward0`:
+    22 of them for one fc1 + fc2 backward at e640 / f2240), and gathering block rows with
+    `torch.cat` copies the weight on every forward. Here, in the weight's dtype, each
+    (row block, column block) pair is one matrix product on a view of the weight, written
+    into its columns of the output: nothing is copied. The backward writes each block's
+    gradient into one full-size gradient per call and returns it, so autograd accumulates it
+    (and DDP's reducer hooks, which fire on the parameter's AccumulateGrad, see it) like any
+    other gradient.
+
+    Under autocast the product runs in the autocast dtype, as `F.linear` does there: the
+    weight's blocks are cast into one matrix of that dtype (the copy autocast makes of any
+    weight; never the full weight), which is one product and is kept for the backward, as
+    autocast keeps its cast; the weight's gradient is computed in that dtype too and stored
+    in the weight's own.
+
+    Args (of `apply`):
+        x: (N, sum of column-range lengths).
+        rows, cols: `[start, stop)` ranges of the weight's rows (outputs) and columns (inputs).
+        dtype: the autocast dtype, or None outside autocast (no casts).
+
+    Returns:
+        (N, sum of row-range lengths).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Optional[Tensor], rows: list, cols: list,
+                dtype: Optional[torch.dtype]) -> Tensor:
+        ctx.rows, ctx.cols, ctx.amp = rows, cols, dtype is not None
+        if dtype is not None:
+            with torch.autocast(x.device.type, enabled=False):
+                x, w = x.to(dtype), _gather(weight, rows, cols, dtype)
+                b = None if bias is None else _gather(bias, rows, None, dtype)
+                y = torch.mm(x, w.t()) if b is None else torch.addmm(b, x, w.t())
+            ctx.save_for_backward(x, w, weight, bias)
+            return y
+        ro, co = _offsets(rows), _offsets(cols)
+        y = x.new_empty(x.size(0), ro[-1])
+        for (ra, rb), r0 in zip(rows, ro):
+            out = y[:, r0 : r0 + rb - ra]
+            for j, ((ca, cb), c0) in enumerate(zip(cols, co)):
+                w, xb = weight[ra:rb, ca:cb].t(), x[:, c0 : c0 + cb - ca]
+                if j:
+                    out.addmm_(xb, w)
+                elif bias is None:
+                    torch.mm(xb, w, out=out)
+                else:
+                    torch.addmm(bias[ra:rb], xb, w, out=out)
+        ctx.save_for_backward(x, None, weight, bias)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple:
+        x, w, weight, bias = ctx.saved_tensors
+        rows, cols = ctx.rows, ctx.cols
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_x = grad_w = grad_b = None
+        if bias is not None and need_b:
+            grad_b = _scatter(_zeros_outside(bias, rows, None), rows, None, grad.sum(0, dtype=bias.dtype))
+        if ctx.amp:
+            with torch.autocast(grad.device.type, enabled=False):
+                grad_x = grad @ w if need_x else None
+                if need_w:
+                    grad_w = _scatter(_zeros_outside(weight, rows, cols), rows, cols, grad.t() @ x)
+            return grad_x, grad_w, grad_b, None, None, None
+        ro, co = _offsets(rows), _offsets(cols)
+        if need_x:
+            grad_x = grad.new_empty(grad.size(0), co[-1])
+            for (ca, cb), c0 in zip(cols, co):
+                out = grad_x[:, c0 : c0 + cb - ca]
+                for i, ((ra, rb), r0) in enumerate(zip(rows, ro)):
+                    w, g = weight[ra:rb, ca:cb], grad[:, r0 : r0 + rb - ra]
+                    if i:
+                        out.addmm_(g, w)
+                    else:
+                        torch.mm(g, w, out=out)
+        if need_w:
+            grad_w = _zeros_outside(weight, rows, cols)
+            for (ra, rb), r0 in zip(rows, ro):
+                g = grad[:, r0 : r0 + rb - ra].t()
+                for (ca, cb), c0 in zip(cols, co):
+                    torch.mm(g, x[:, c0 : c0 + cb - ca], out=grad_w[ra:rb, ca:cb])
+        return grad_x, grad_w, grad_b, None, None, None
+
+
 class ElasticLinear(nn.Linear):
     """nn.Linear whose leading (or block-wise leading) units can be switched off; weights stay shared.
 
@@ -77,18 +228,15 @@ class ElasticLinear(nn.Linear):
         return weight, bias
 
     def forward(self, x: Tensor) -> Tensor:  # (..., in) -> (..., active_out_features)
-        cols = block_ranges(x.size(-1), self.active_out_features, self.in_features, self.in_blocks)
-        if len(cols) == 1:
-            return F.linear(x, *self.active_weight(x.size(-1)))
-        # Input blocks (FFN fc2): one product per block, summed in place, instead of copying the
-        # weight's column blocks into one matrix on every call.
+        e = x.size(-1)
+        if not 0 < e <= self.in_features:
+            raise ValueError(f"input width must be in 1..{self.in_features}, got {e}")
         out = self.active_out_features
-        flat = x.reshape(-1, x.size(-1))
-        y = F.linear(flat[:, : cols[0][1]], self.weight[:out, cols[0][0] : cols[0][1]], None if self.bias is None else self.bias[:out])
-        start = cols[0][1]
-        for a, b in cols[1:]:  # in-place products are not autocast: the weight takes y's dtype
-            y.addmm_(flat[:, start : start + b - a].to(y.dtype), self.weight[:out, a:b].t().to(y.dtype))
-            start += b - a
+        if out == self.out_features and e == self.in_features:  # the whole layer: nothing to slice
+            return F.linear(x, self.weight, self.bias)
+        rows = block_ranges(out, e, self.out_features, self.out_blocks)
+        cols = block_ranges(e, out, self.in_features, self.in_blocks)
+        y = _BlockLinear.apply(x.reshape(-1, e), self.weight, self.bias, rows, cols, _amp_dtype(x))
         return y.view(*x.shape[:-1], out)
 
     def export(self, in_features: int) -> nn.Linear:

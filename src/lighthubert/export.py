@@ -5,7 +5,8 @@
 - `hf`: a transformers folder: `HubertModel` where it holds the subnet (the same heads and FFN
   width in every layer), else this package's model as remote code that `AutoModel` loads
   with `trust_remote_code=True`.
-- `onnx`: a graph from (waveform, lengths) to every hidden state, dynamic batch and time.
+- `onnx`: a graph from (waveform, lengths) to every hidden state, dynamic batch and time;
+  `quantize="int8"` makes the Transformer's weight matmuls dynamic int8 (ONNX Runtime).
 - `official`: the whole supernet in the official `.pt` format with the subnet recorded.
 """
 
@@ -30,6 +31,7 @@ from .supernet import LightHuBERT
 log = logging.getLogger(__name__)
 
 FORMATS = ("compact", "hf", "onnx", "official")
+QUANTIZE = ("int8",)  # for onnx only
 
 
 def export_subnet(
@@ -38,14 +40,23 @@ def export_subnet(
     fmt: str = "compact",
     subnet: Union[str, SubnetConfig, dict, None] = None,
     dtype: torch.dtype = torch.float32,
+    quantize: Optional[str] = None,
 ) -> Path:
     """Writes `model` (a supernet at `subnet`, or a dense model) to `output` in format `fmt`.
 
+    Args:
+        quantize: `"int8"` for dynamic int8 weight matmuls in an `onnx` export (see
+            `quantize_onnx_int8`); None keeps float32.
+
     Raises:
-        ValueError: an unknown format, `official` for a dense model.
+        ValueError: an unknown format, `official` for a dense model, or `quantize` with another
+            format than onnx.
+        MissingExtra: an optional package the format needs is not installed.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {list(FORMATS)}")
+    if quantize is not None and (quantize not in QUANTIZE or fmt != "onnx"):
+        raise ValueError(f"quantize must be one of {list(QUANTIZE)} with the onnx format, got {quantize!r} for {fmt}")
     output = Path(output)
     if fmt == "official":
         if not isinstance(model, LightHuBERT):
@@ -61,7 +72,7 @@ def export_subnet(
     elif fmt == "hf":
         save_hf(dense, cfg, output)
     else:
-        save_onnx(dense, output)
+        save_onnx(dense, output, quantize=quantize)
     return output
 
 
@@ -187,15 +198,19 @@ class _HiddenStates(nn.Module):
         return torch.stack(self.model(waveform, lengths).hidden_states)
 
 
-def save_onnx(model: HuBERT, output: Path, opset: int = 18) -> None:
+def save_onnx(model: HuBERT, output: Path, opset: int = 18, quantize: Optional[str] = None) -> None:
     """ONNX graph with a dynamic batch and time axis; inputs are already normalised waveforms.
 
+    `quantize="int8"` writes the float graph next to `output` first, then its int8 version
+    (`quantize_onnx_int8`) to `output`, and removes the float one.
+
     Raises:
-        MissingExtra: onnx or onnxscript (torch's exporter needs both) is not installed.
+        MissingExtra: onnx or onnxscript (torch's exporter needs both), or for int8
+            onnxruntime, is not installed.
     """
-    require("onnx", "onnxscript", extra="onnx", purpose="ONNX export")
+    require("onnx", "onnxscript", *(["onnxruntime"] if quantize else []), extra="onnx", purpose="ONNX export")
     output.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = _HiddenStates(model.float().eval()).eval()
+    wrapper = _HiddenStates(model.float().eval()).eval()  # the wrapper too: the exporter warns of a training-mode module
     example = (torch.randn(2, 16000), torch.tensor([16000, 12000]))
     batch, samples = torch.export.Dim("batch", min=1), torch.export.Dim("samples", min=800)
     with torch.no_grad(), _exporter_chatter_off():
@@ -204,7 +219,51 @@ def save_onnx(model: HuBERT, output: Path, opset: int = 18) -> None:
             input_names=["waveform", "lengths"], output_names=["hidden_states"],
             dynamic_shapes={"waveform": {0: batch, 1: samples}, "lengths": {0: batch}},
         )
-    program.save(str(output))
+    if quantize is None:
+        program.save(str(output))
+        return
+    floating = output.with_name(output.stem + ".float32.onnx")
+    program.save(str(floating))
+    try:
+        quantize_onnx_int8(floating, output)
+    finally:
+        floating.unlink()
+
+
+def quantize_onnx_int8(source: Path, output: Path) -> list[str]:
+    """Dynamic int8 quantization of an exported graph's weight matmuls (ONNX Runtime).
+
+    Every MatMul with a constant weight outside the conv front end (`post_extract_proj`,
+    q/k/v/out, fc1, fc2) gets int8 weights, per output channel, and int8 activations whose
+    scale is computed at run time; the conv front end (whose inference path is itself made
+    of matmuls, see `ConvBlock`), the positional conv, the attention products and the norms
+    stay float32, as speech exporters leave the front end. The front end's nodes are found
+    by the module scope the exporter records on each node.
+
+    Returns:
+        The names of the quantized nodes.
+
+    Raises:
+        ValueError: the graph records no module scopes.
+        MissingExtra: onnx or onnxruntime is not installed.
+    """
+    require("onnx", "onnxruntime", extra="onnx", purpose="int8 quantization")
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(source)).graph
+    weights = {t.name for t in graph.initializer}
+    scopes = {n.name: next((p.value for p in n.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+              for n in graph.node}
+    matmuls = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    if any(scopes[n.name] is None for n in matmuls):
+        raise ValueError(f"{source}: the graph does not record module scopes, so the conv front end cannot be kept "
+                         "float; export it with this package's save_onnx")
+    nodes = [n.name for n in matmuls if "feature_extractor" not in scopes[n.name]]
+    quantize_dynamic(str(source), str(output), op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
+                     per_channel=True, weight_type=QuantType.QInt8)
+    log.info("quantized %d of %d weight matmuls to int8 (the conv front end stays float)", len(nodes), len(matmuls))
+    return nodes
 
 
 @contextlib.contextmanager

@@ -38,7 +38,12 @@ def masked_l1(pred: Tensor, target: Tensor, mask: Optional[Tensor]) -> Tensor:
     err = (pred.float() - target).abs().mean(-1)  # (B, T)
     if mask is None:
         return err.mean()
-    return err[mask].mean()  # NaN for an empty mask: counted as a non-finite step, not a host sync per call
+    # A masked sum over a count, not err[mask]: boolean indexing (and `if mask.any()`) waits for
+    # the device every micro-batch. The emptiness check runs where it is free, on a host mask;
+    # an empty mask on a device gives NaN, which the trainer's non-finite check catches.
+    if mask.device.type == "cpu" and not mask.any():
+        raise ValueError("the loss mask selects no frame; raise mask_prob or use loss_on=all")
+    return (err * mask).sum() / mask.sum()
 
 
 def distilhubert_loss(preds: Sequence[Tensor], targets: Sequence[Tensor], cos_weight: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:

@@ -100,12 +100,36 @@ def dense_linear(in_features: int, out_features: int, bias: bool = True, in_bloc
     return nn.Linear(in_features, out_features, bias)
 
 
+def inference_cached(module: nn.Module, name: str, sources: tuple[Tensor, ...], build: Callable[[], Tensor]) -> Tensor:
+    """`build()`, a tensor derived from `sources` (parameters), kept on `module` for inference.
+
+    Recomputing such tensors on every forward (a permuted copy of conv taps, a weight-normed
+    weight) is pure overhead at inference. The cache is keyed by each source's storage,
+    version, dtype and shape: an in-place update (optimizer step, `load_state_dict`) moves the
+    version, and `.to()` / `.half()` make new storage, so either rebuilds it; it is a plain
+    attribute, never in the state dict. Changes made through `.data` bypass the version
+    counter and are not seen. Whenever autograd records (training), while tracing or compiling
+    (ONNX export, `torch.compile`), and for inference tensors (no version counter), `build()`
+    runs every time instead.
+    """
+    if (torch.is_grad_enabled() and any(t.requires_grad for t in sources)) or torch.compiler.is_compiling() \
+            or any(t.is_inference() for t in sources):
+        return build()
+    key = tuple((t.data_ptr(), t._version, t.dtype, t.device, t.shape) for t in sources)
+    cache = module.__dict__.setdefault("_inference_cache", {})
+    if name not in cache or cache[name][0] != key:
+        with torch.inference_mode(False), torch.no_grad():  # a normal tensor: usable later with autograd on
+            cache[name] = (key, build())
+    return cache[name][1]
+
+
 class ConvBlock(nn.Module):
     """One conv front-end block, channels-last: conv -> [LayerNorm | GroupNorm] -> GELU.
 
     The conv runs as matrix products on strided views of a (B, N, C) tensor instead of
     `nn.Conv1d` on (B, C, N): no transposes around the LayerNorm, and about 1.5x faster on CPU
-    (benchmarks/bench_extract.py). Weights keep `nn.Conv1d`'s layout (C_out, C_in, k).
+    (benchmarks/bench_extract.py). Weights keep `nn.Conv1d`'s layout (C_out, C_in, k); the
+    products' layouts of them are built once for inference (`inference_cached`).
     When the weights need gradients, `F.conv1d` runs instead: the backward of the strided
     products (a zero-filled copy per tap) is the slower one there.
     """
@@ -139,12 +163,16 @@ class ConvBlock(nn.Module):
             y = F.conv1d(x.transpose(1, 2), w, b, stride=s).transpose(1, 2)
         elif k <= s:  # non-overlapping windows are a plain strided view
             win = x.as_strided((bsz, t, k * c), (x.stride(0), s * c, 1))
-            y = F.linear(win, w.permute(0, 2, 1).reshape(w.size(0), k * c), b)
+            flat = inference_cached(self, "flat", (w,), lambda: w.permute(0, 2, 1).reshape(w.size(0), k * c))
+            y = F.linear(win, flat, b)
         else:  # overlapping windows: one product per kernel tap, accumulated in place
             dtype = _compute_dtype(x)  # in-place products are not autocast: cast by hand
-            x, taps = x.to(dtype), w.permute(2, 1, 0).to(dtype)  # taps (k, C_in, C_out)
-            y = x.new_zeros(bsz, t, w.size(0)) if b is None else b.to(dtype).expand(bsz, t, -1).contiguous()
-            for j in range(k):
+            taps = inference_cached(self, "taps", (w,), lambda: w.permute(2, 1, 0).contiguous()).to(dtype)  # (k, C_in, C_out)
+            x = x.to(dtype)
+            y = torch.bmm(x[:, 0 : s * (t - 1) + 1 : s], taps[0].expand(bsz, -1, -1))  # tap 0 makes y: no zero fill
+            if b is not None:
+                y += b.to(dtype)
+            for j in range(1, k):
                 y.baddbmm_(x[:, j : j + s * (t - 1) + 1 : s], taps[j].expand(bsz, -1, -1))
         if isinstance(self.norm, nn.LayerNorm):  # in float32, as fairseq's Fp32LayerNorm
             y = F.layer_norm(y.float(), self.norm.normalized_shape, self.norm.weight.float(), self.norm.bias.float(), self.norm.eps).type_as(y)
@@ -240,7 +268,8 @@ class PosConv(nn.Module):
         return F.gelu(y).transpose(1, 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x, self.full_weight(), self.bias)
+        weight = inference_cached(self, "weight", (self.weight_g, self.weight_v), self.full_weight)
+        return self.conv(x, weight, self.bias)
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ audio folder whose file names carry labels (`--data`, e.g. the Free Spoken Digit
 
 from .config import LIBRISPEECH, DemoConfig, budget_fraction
 from .corpora import prepare_data, probe_tasks
-from .pipeline import run
+from .pipeline import counts, run
 from .report import report_markdown, report_text
 
-__all__ = ["LIBRISPEECH", "DemoConfig", "budget_fraction", "prepare_data", "probe_tasks", "report_markdown",
+__all__ = ["LIBRISPEECH", "DemoConfig", "budget_fraction", "counts", "prepare_data", "probe_tasks", "report_markdown",
            "report_text", "run"]
