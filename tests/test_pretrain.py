@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+import lighthubert
 from lighthubert import checkpoint, cli
 from lighthubert.data import AudioDataset, Batch, synthetic_speech
 from lighthubert.model import ModelConfig
@@ -113,7 +114,7 @@ def test_bad_input_is_one_line(train_setup, tmp_path, capsys):
     assert "headz" in capsys.readouterr().err
     (tmp_path / "ok.yaml").write_text(yaml.safe_dump({**SETTINGS, "clusters": 100_000, "kmeans_frames": 200_000}))
     assert cli.main(args + ["--config", str(tmp_path / "ok.yaml"), "--set", "max_steps=1"]) == 2
-    assert "k-means needs at least clusters=100000 MFCC frames" in capsys.readouterr().err
+    assert "k-means needs at least clusters=100000 frames" in capsys.readouterr().err
     assert cli.main(args + ["--set", "method=lighthubert"]) == 2
     assert "pretrain-teacher trains with method hubert" in capsys.readouterr().err
 
@@ -128,3 +129,29 @@ def test_teacher_shape_defaults_to_hubert_base():
     cfg = recipe.model_cfg
     assert (cfg.embed_dim, cfg.depth, cfg.ffn_dim[0], cfg.extractor_mode, cfg.normalize) == (768, 12, 3072, "default", False)
     assert isinstance(cfg, ModelConfig) and cfg.pred_dim == 0
+
+
+def test_iteration_2_clusters_an_earlier_models_layer(train_setup, tmp_path, capsys):
+    """units_from / units_layer: the units are k-means of that model's hidden state, frame for
+    frame on the student's grid; a model with other frames is refused."""
+    recipe = RunConfig.from_dict({**SETTINGS, "method": "hubert", "units_from": str(train_setup / "teacher"),
+                                  "units_layer": 2}).build()
+    student = recipe.build(AudioDataset(train_setup / "train.tsv", min_samples=4000), torch.device("cpu"), False)
+    wav = torch.stack([synthetic_speech(0.77, 120.0, seed=1), synthetic_speech(0.77, 200.0, seed=2)])
+    units = recipe.targets(Batch(wav, None, [0, 1]))
+    teacher = checkpoint.load_model(train_setup / "teacher")
+    with torch.no_grad():
+        layer = teacher(wav).hidden_states[2]  # (2, T, 64): the clustered features
+    assert recipe.units.centroids.shape == (8, 64) and units.shape == layer.shape[:2] == student(wav).prediction.shape[:2]
+    z = (layer[0] - recipe.units.mean) / recipe.units.std
+    assert torch.equal(units[0], torch.cdist(z, recipe.units.centroids).argmin(-1))
+    assert _pretrain(train_setup, tmp_path / "it2", 2, "--set", f"units_from={train_setup / 'teacher'}",
+                     "--set", "units_layer=2") == 0
+    assert checkpoint.load_file(tmp_path / "it2" / "step-2.pt")["units"]["centroids"].shape == (8, 64)
+    from lighthubert.export import save_compact
+
+    odd = checkpoint.load_model(train_setup / "teacher")
+    odd_cfg = ModelConfig(**{**odd.cfg.asdict(), "conv_layers": [[32, 10, 5], [32, 3, 2]]})
+    save_compact(lighthubert.HuBERT(odd_cfg), odd_cfg, tmp_path / "odd")
+    assert _pretrain(train_setup, tmp_path / "it2b", 1, "--set", f"units_from={tmp_path / 'odd'}") == 2
+    assert "its frames are not HuBERT's (400 samples every 320)" in capsys.readouterr().err

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .. import checkpoint, convert
-from ..data import AudioDataset, Batch
+from ..data import AudioDataset, Batch, normalize
 from ..losses import span_mask
 from ..model import Features, HuBERT, ModelConfig
 from ..probes import mfcc
@@ -40,18 +40,40 @@ TEACHER_DEFAULTS: dict[str, Any] = {"extractor_mode": "default", "pred_dim": 0, 
                                     "dropout_input": 0.1, "feature_grad_mult": 0.1}
 
 
+class FrameFeatures:
+    """What the units cluster, frame by frame on HuBERT's 50 Hz grid: 39-dim MFCCs (iteration
+    1), or one hidden state of an earlier model (iteration 2: HuBERT clusters layer 6 of its
+    first 12-layer model; `units_from`, `units_layer`)."""
+
+    def __init__(self, model: Optional[HuBERT] = None, layer: int = 0) -> None:
+        self.model, self.layer = model, layer
+        if model is not None:
+            model.eval().requires_grad_(False)
+            if not 0 <= layer <= model.cfg.depth:
+                raise ValueError(f"units_layer must be in 0..{model.cfg.depth} (the units model's hidden states), got {layer}")
+
+    @torch.no_grad()
+    def __call__(self, wav: Tensor) -> Tensor:
+        """(B, N) equal-length waveforms -> (B, T, D) float32 frame features, on the CPU."""
+        wav = wav.detach().float()
+        if self.model is None:
+            return torch.stack([mfcc(w) for w in wav.cpu()])
+        model = self.model.to(wav.device)
+        x = normalize(wav) if model.cfg.normalize else wav
+        return model(x).hidden_states[self.layer].float().cpu()
+
+
 @dataclass
 class Units:
-    """A k-means codebook over standardised MFCC frames: the pre-training targets."""
+    """A k-means codebook over standardised frame features: the pre-training targets."""
 
-    mean: Tensor  # (39,) per-dimension mean of the clustered frames
-    std: Tensor  # (39,) and standard deviation: every dimension weighs the same in the distance
-    centroids: Tensor  # (K, 39) in standardised units
+    mean: Tensor  # (D,) per-dimension mean of the clustered frames
+    std: Tensor  # (D,) and standard deviation: every dimension weighs the same in the distance
+    centroids: Tensor  # (K, D) in standardised units
 
-    def assign(self, wav: Tensor) -> Tensor:
-        """(B, N) equal-length waveforms -> (B, T) int64 unit of each MFCC frame."""
-        feats = torch.stack([mfcc(w) for w in wav.detach().cpu().float()])
-        return _nearest((feats - self.mean) / self.std, self.centroids).to(wav.device)
+    def assign(self, wav: Tensor, features: FrameFeatures) -> Tensor:
+        """(B, N) equal-length waveforms -> (B, T) int64 unit of each frame."""
+        return _nearest((features(wav) - self.mean) / self.std, self.centroids).to(wav.device)
 
     def state(self) -> dict[str, Tensor]:
         return {"mean": self.mean, "std": self.std, "centroids": self.centroids}
@@ -88,31 +110,33 @@ def kmeans(x: Tensor, k: int, seed: int, iterations: int = KMEANS_ITERATIONS) ->
     return centroids
 
 
-def fit_units(dataset: AudioDataset, clusters: int, max_frames: int, seed: int, progress: bool = False) -> Units:
-    """Clusters MFCC frames of up to `max_frames` frames from files drawn at random (seeded).
+def fit_units(dataset: AudioDataset, clusters: int, max_frames: int, seed: int, progress: bool = False,
+              features: Optional[FrameFeatures] = None) -> Units:
+    """Clusters the frame features of up to `max_frames` frames from files drawn at random (seeded).
 
     Raises:
         ValueError: fewer readable frames than clusters.
     """
+    features = features or FrameFeatures()
     order = np.random.default_rng(seed).permutation(len(dataset))
     feats, frames = [], 0
-    bar = tqdm(total=max_frames, unit="frame", desc="MFCC for k-means", disable=not progress)
+    bar = tqdm(total=max_frames, unit="frame", desc="features for k-means", disable=not progress)
     for i in order:
         wav = dataset[int(i)]["wav"]
         if wav is None or wav.numel() < MFCC_RECEPTIVE_FIELD:
             continue
-        feats.append(mfcc(wav))
+        feats.append(features(wav[None])[0])
         frames += len(feats[-1])
         bar.update(len(feats[-1]))
         if frames >= max_frames:
             break
     bar.close()
     if frames < clusters:
-        raise ValueError(f"k-means needs at least clusters={clusters} MFCC frames; the training set gave {frames}")
+        raise ValueError(f"k-means needs at least clusters={clusters} frames; the training set gave {frames}")
     x = torch.cat(feats)[:max_frames].double()
     mean, std = x.mean(0), x.std(0).clamp_min(1e-5)
     z = ((x - mean) / std).float()
-    log.info("k-means: %d units over %d MFCC frames from %d files", clusters, len(z), len(feats))
+    log.info("k-means: %d units over %d frames (%d-dim) from %d files", clusters, len(z), z.size(1), len(feats))
     return Units(mean.float(), std.float(), kmeans(z, clusters, seed))
 
 
@@ -145,6 +169,8 @@ class HuBERTPretrainConfig:
     kmeans_frames: int = 250_000  # MFCC frames (50 per second) clustered, from files drawn at random
     final_dim: int = 256  # width of final_proj and of the unit embeddings
     logit_temp: float = 0.1  # temperature of the cosine logits
+    units_from: Optional[str] = None  # iteration 2: cluster a hidden state of this model (any checkpoint) instead of MFCCs
+    units_layer: int = 0  # iteration 2: which hidden state of units_from (0: the projected CNN output, i: layer i)
     loss_on: str = "masked"  # masked: cross entropy on masked frames only | all: every frame
     mask_prob: float = 0.8  # span-mask start probability (fairseq hubert_base_librispeech.yaml)
     mask_length: int = 10  # span length in frames
@@ -166,7 +192,8 @@ class HuBERTPretrainConfig:
 
 
 class HuBERTRecipe:
-    """HuBERT iteration 1 as a `Trainer` recipe: no teacher; the targets are MFCC k-means units.
+    """HuBERT pre-training as a `Trainer` recipe: no teacher; the targets are k-means units of
+    MFCC frames (iteration 1) or of an earlier model's hidden state (iteration 2, `units_from`).
 
     The units are fitted on the first training batch's call (rank by rank, from the same
     seeded sample of files) unless a resumed checkpoint brought them.
@@ -197,6 +224,13 @@ class HuBERTRecipe:
         self.units: Optional[Units] = None
         self.train_set: Optional[AudioDataset] = None
         self.progress = False
+        source = checkpoint.load_teacher(settings.units_from) if settings.units_from else None
+        if source is not None:
+            fe = source.feature_extractor
+            if (fe.min_samples(1), fe.min_samples(2) - fe.min_samples(1)) != (MFCC_RECEPTIVE_FIELD, MFCC_HOP):
+                raise ValueError(f"units_from {settings.units_from}: its frames are not HuBERT's ({MFCC_RECEPTIVE_FIELD} "
+                                 f"samples every {MFCC_HOP}), so its units would not line up with the model's frames")
+        self.features = FrameFeatures(source, settings.units_layer)
 
     @property
     def find_unused_parameters(self) -> bool:
@@ -222,8 +256,8 @@ class HuBERTRecipe:
             if self.train_set is None:
                 raise RuntimeError("HuBERTRecipe.build must run before targets (it brings the training set)")
             s = self.settings
-            self.units = fit_units(self.train_set, s.clusters, s.kmeans_frames, self.seed, self.progress)
-        return self.units.assign(batch.wav)
+            self.units = fit_units(self.train_set, s.clusters, s.kmeans_frames, self.seed, self.progress, self.features)
+        return self.units.assign(batch.wav, self.features)
 
     def loss(self, model: nn.Module, student: UnitPredictor, sub: None, batch: Batch, target: Tensor,
              generator: torch.Generator) -> Tensor:
