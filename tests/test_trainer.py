@@ -350,9 +350,12 @@ def test_stage1_then_stage2_on_fsdd(fsdd_setup, capsys):
     assert checkpoint.load_file(stage1)["cfg"]["model"]["_name"] == "student_hubert"
 
     assert run_cli("distill", "--stage", "2", *common, "--out", s2, "--init", stage1, "--set", "max_steps=20",
-                   "--set", "valid_every=10", "--set", "sampling=sandwich", "--set", "sandwich_random=1") == 0
+                   "--set", "valid_every=1", "--set", "sampling=sandwich", "--set", "sandwich_random=1") == 0
     valids = [r["loss"] for r in _log(s2) if r["type"] == "valid"]
-    assert set(valids[-1]) == {"default", "max", "min"} and valids[-1]["min"] < valids[0]["min"]
+    # step 1 is almost the stage-1 weights: the smallest subnet starts ~0.05 worse than after 20 steps,
+    # and the steps-10-to-20 plateau moves it by 2e-4 either way, so only the first point is a baseline
+    assert set(valids[-1]) == {"default", "max", "min"} and len(valids) == 20
+    assert valids[-1]["min"] < valids[0]["min"] - 0.02 and valids[-1]["default"] < valids[0]["default"]
     trained = [r for r in _log(s2) if r["type"] == "train"]
     assert len(trained) == 20 and all(len(r["subnets"]) == 3 for r in trained)  # max + min + 1 random
     model = checkpoint.load_model(s2 / "step-20.pt")
