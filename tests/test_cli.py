@@ -19,9 +19,8 @@ from lighthubert.data import synthetic_speech
 from lighthubert.space import SearchSpace, SubnetConfig
 from lighthubert.supernet import LightHuBERT
 
-from conftest import demo_like_supernet
+from conftest import FSDD, demo_like_supernet, require_shared
 
-FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
 
 
 class Foreign:
@@ -43,9 +42,7 @@ def run(capsys, *argv):
 
 
 def test_extract_fsdd_recordings(tiny_checkpoint, tmp_path, capsys):
-    files = sorted(FSDD.glob("*_george_*.wav"))[:3] if FSDD.is_dir() else []
-    if not files:
-        pytest.skip(f"FSDD recordings not found at {FSDD}")
+    files = sorted(require_shared(FSDD).glob("*_george_*.wav"))[:3]
     code, out, _ = run(capsys, "extract", "--checkpoint", tiny_checkpoint, "--output", tmp_path, "--quiet", *files)
     assert code == 0 and "wrote 3 file(s)" in out
     model = checkpoint.load_model(tiny_checkpoint)

@@ -26,7 +26,8 @@ from lighthubert.data import (
     write_manifest,
 )
 
-FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
+from conftest import FSDD, require_shared
+
 
 
 def test_stereo_flac_44k_is_downmixed_and_resampled(tmp_path):
@@ -90,9 +91,7 @@ def test_synthetic_speech_is_deterministic_and_bounded():
 
 
 def test_fsdd_recording_is_resampled_from_8k():
-    files = sorted(FSDD.glob("*.wav"))[:1] if FSDD.is_dir() else []
-    if not files:
-        pytest.skip(f"FSDD recordings not found at {FSDD}")
+    files = sorted(require_shared(FSDD).glob("*.wav"))[:1]
     info = sf.info(files[0])
     wav = load_audio(files[0])
     assert wav.numel() == pytest.approx(info.frames * 16000 / info.samplerate, abs=2)
@@ -334,9 +333,7 @@ def test_dataloader_workers_give_identical_batches(tmp_path):
 
 
 def test_fsdd_manifest_and_dataset(tmp_path):
-    files = sorted(FSDD.glob("*_jackson_1*.wav"))[:6] if FSDD.is_dir() else []
-    if not files:
-        pytest.skip(f"FSDD recordings not found at {FSDD}")
+    files = sorted(require_shared(FSDD).glob("*_jackson_1*.wav"))[:6]
     audio = tmp_path / "fsdd"
     audio.mkdir()
     for f in files:

@@ -20,17 +20,16 @@ from lighthubert.cli import main
 from lighthubert.data import load_audio
 from lighthubert.supernet import LightHuBERT
 
-FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
+from conftest import FSDD, require_shared
+
 DIGIT = r"^(\d)_"
 SPEAKER = r"^\d_(\w+)_"
 
 
 def fsdd_files(speakers=None, indices=range(50), digits=range(10)) -> list[Path]:
     """FSDD recordings `digit_speaker_index.wav` matching the filters, sorted; skips the test without FSDD."""
-    if not FSDD.is_dir():
-        pytest.skip(f"FSDD recordings not found at {FSDD}")
     out = []
-    for p in sorted(FSDD.glob("*.wav")):
+    for p in sorted(require_shared(FSDD).glob("*.wav")):
         digit, speaker, index = p.stem.split("_")
         if (speakers is None or speaker in speakers) and int(index) in indices and int(digit) in digits:
             out.append(p)
