@@ -20,18 +20,7 @@ from . import transcripts
 from .data import AudioDataset, batch_by_size, collate, load_audio, normalize
 from .extract import min_samples
 from .model import BLANK, HuBERTCTC
-from .probes.metrics import error_rate
-
-
-def greedy_tokens(log_probs: Tensor, frames: Tensor, vocab: Sequence[str]) -> list[list[str]]:
-    """(B, T, V) scores and (B,) valid frames -> each row's tokens: the best token per frame,
-    repeats merged, blanks (index 0) dropped."""
-    best = log_probs.argmax(-1).cpu()
-    out = []
-    for b in range(best.size(0)):
-        path = torch.unique_consecutive(best[b, : int(frames[b])]).tolist()
-        out.append([vocab[k] for k in path if k != 0])
-    return out
+from .probes.metrics import error_rate, greedy_tokens
 
 
 @torch.inference_mode()

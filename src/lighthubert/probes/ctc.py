@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from .config import ProbeConfig
 from .features import Featurizer, FrozenFeatures, torch_threads
+from .metrics import greedy_tokens
 
 log = logging.getLogger(__name__)
 
@@ -256,10 +257,8 @@ def decode(model: CTCProbe, feats: FrozenFeatures, max_frames: int = 20000, thre
         for idx in batches([h.shape[1] for h in feats.hidden], max_frames):
             hidden, lengths = _pad(feats, idx)
             log_probs, out_lengths = model(hidden, lengths)
-            best = log_probs.argmax(-1)  # (B, T')
-            for b, i in enumerate(idx):
-                path = torch.unique_consecutive(best[b, : int(out_lengths[b])]).tolist()
-                out[i] = [model.vocab[k - 1] for k in path if k != BLANK]
+            for i, tokens in zip(idx, greedy_tokens(log_probs, out_lengths, ["<blank>", *model.vocab])):
+                out[i] = tokens
     return out  # type: ignore[return-value]
 
 

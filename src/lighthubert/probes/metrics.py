@@ -1,4 +1,5 @@
-"""Error rates of sequence probes: Levenshtein distance over tokens, summed over a corpus.
+"""Scoring CTC output: greedy decoding, and error rates as Levenshtein distance over tokens
+summed over a corpus.
 
 WER, CER and PER are all `sum(edit distance) / sum(reference length)` over the test set, as
 s3prl's `downstream/ctc/metric.py` scores them (corpus-level, not a mean of per-utterance
@@ -8,6 +9,9 @@ rates), with each substitution, insertion and deletion costing 1.
 from __future__ import annotations
 
 from typing import Sequence
+
+import torch
+from torch import Tensor
 
 
 def edit_distance(ref: Sequence, hyp: Sequence) -> int:
@@ -35,3 +39,14 @@ def error_rate(refs: Sequence[Sequence], hyps: Sequence[Sequence]) -> float:
     if total == 0:
         raise ValueError("the references hold no token; an error rate needs at least one")
     return sum(edit_distance(r, h) for r, h in zip(refs, hyps)) / total
+
+
+def greedy_tokens(log_probs: Tensor, frames: Tensor, vocab: Sequence[str]) -> list[list[str]]:
+    """(B, T, V) scores and (B,) valid frames -> each row's tokens: the best token per frame,
+    repeats merged, blanks (index 0) dropped."""
+    best = log_probs.argmax(-1).cpu()
+    out = []
+    for b in range(best.size(0)):
+        path = torch.unique_consecutive(best[b, : int(frames[b])]).tolist()
+        out.append([vocab[k] for k in path if k != 0])
+    return out
