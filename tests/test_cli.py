@@ -1,6 +1,7 @@
 """`lighthubert` CLI: extract and info on real and generated files; each bad input is one line."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -251,3 +252,209 @@ def test_demo_prints_a_plain_table(tmp_path, capsys, monkeypatch):
     assert [line.split()[-1] for line in table] == ["acc", "0.900", "1.000", "0.950"] and max(map(len, table)) < 150
     md = demo.report_markdown(report)
     assert "| LightHuBERT subnet, 1/3 of max params | e144 h[1,3,1] f[288,288,576] x3 | 638,688 |" in md
+
+
+# -- issue 16: every bad input is one line, before any work ---------------------------------------
+def _nan_checkpoint(tmp, ck):
+    model = checkpoint.load_model(ck)
+    with torch.no_grad():
+        model.encoder.layers[0].fc1.weight[0, 0] = float("nan")
+    checkpoint.save_file(checkpoint.official_checkpoint(model), tmp / "nan.pt")
+    return tmp / "nan.pt"
+
+
+def _folder(tmp, ck, fmt, edit):
+    """An export of the tiny checkpoint in `fmt`, then damaged by `edit(folder)`."""
+    folder = tmp / fmt
+    assert main(["export", "--checkpoint", str(ck), "--format", fmt, "--subnet", "max", "--output", str(folder)]) == 0
+    edit(folder)
+    return folder
+
+
+def _compact_model(tmp, ck, key, value):
+    def edit(folder):
+        meta = json.loads((folder / "config.json").read_text())
+        meta["model"][key] = value
+        (folder / "config.json").write_text(json.dumps(meta))
+    return _folder(tmp, ck, "compact", edit)
+
+
+def _sharded(tmp, ck, weight_map):
+    def edit(folder):
+        (folder / "model.safetensors").rename(folder / "shard.safetensors")
+        (folder / "model.safetensors.index.json").write_text(json.dumps(weight_map))
+    return _folder(tmp, ck, "hf", edit)
+
+
+def _string_in_state(tmp, ck):
+    ckpt = checkpoint.load_file(ck)
+    ckpt["model"][next(iter(ckpt["model"]))] = "not a tensor"
+    torch.save(ckpt, tmp / "s.pt")
+    return tmp / "s.pt"
+
+
+def _blocked_global(tmp, ck):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("true",))
+    torch.save({"cfg": Payload(), "model": {}}, tmp / "evil.pt")
+    return tmp / "evil.pt"
+
+
+def _space(tmp, key, value):
+    d = SearchSpace.base().to_dict()
+    d["search_space"][key] = value
+    (tmp / "space.yaml").write_text(yaml.safe_dump(d))
+    return tmp / "space.yaml"
+
+
+def _write(tmp, name, data: bytes):
+    (tmp / name).write_bytes(data)
+    return tmp / name
+
+
+OURS = '{{"embed_dim": {}, "heads": {}, "ffn_dim": [512, 512, 512, 512]}}'
+# (argv built from (tmp_path, tiny checkpoint, a.wav), what the one line must say)
+BAD_INPUTS = {
+    "NaN weights, extract": (lambda t, c, w: ["extract", "--checkpoint", _nan_checkpoint(t, c), "--output", t / "o", w],
+                             "non-finite weights (1 tensors, e.g. encoder.layers.0.fc1.weight)"),
+    "NaN weights, export": (lambda t, c, w: ["export", "--checkpoint", _nan_checkpoint(t, c), "--format", "compact",
+                                             "--output", t / "o"], "non-finite weights"),
+    "NaN weights, probe": (lambda t, c, w: ["probe", "--checkpoint", _nan_checkpoint(t, c), "--train", w, "--test", w,
+                                            "--labels", "(a)"], "non-finite weights"),
+    "corrupt compact safetensors": (lambda t, c, w: ["teacher-info", _folder(t, c, "compact", lambda f: (
+        f / "model.safetensors").write_bytes(b"\x10" + bytes(7) + b"{garbage"))], "model.safetensors: not a readable safetensors file"),
+    "corrupt hf safetensors": (lambda t, c, w: ["teacher-info", _folder(t, c, "hf", lambda f: (
+        f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:300]))], "not a readable safetensors file"),
+    "compact config without model": (lambda t, c, w: ["teacher-info", _folder(t, c, "compact", lambda f: (
+        f / "config.json").write_text('{"format": "lighthubert-compact"}'))], "needs its 'model' config"),
+    "config heads null": (lambda t, c, w: ["teacher-info", _compact_model(t, c, "heads", None)], "heads must be a list[int], got null"),
+    "config dropout x": (lambda t, c, w: ["teacher-info", _compact_model(t, c, "dropout", "x")], "dropout must be a float, got 'x'"),
+    "config head_dim 0": (lambda t, c, w: ["teacher-info", _compact_model(t, c, "head_dim", 0)], "head_dim must be at least 1"),
+    "hf config a list": (lambda t, c, w: ["teacher-info", _folder(t, c, "hf", lambda f: (f / "config.json").write_text("[1]"))],
+                         "config.json: expected an object in JSON, found list"),
+    "hf config not UTF-8": (lambda t, c, w: ["teacher-info", _folder(t, c, "hf", lambda f: (f / "config.json").write_bytes(b"\xff{"))],
+                            "config.json: not a UTF-8 JSON file"),
+    "preprocessor bad JSON": (lambda t, c, w: ["teacher-info", _folder(t, c, "hf", lambda f: (
+        f / "preprocessor_config.json").write_text('{"a": 1 "b": 2}'))], "preprocessor_config.json: not valid JSON"),
+    "index without weight_map": (lambda t, c, w: ["teacher-info", _sharded(t, c, {"metadata": {}})], "expected a 'weight_map' object"),
+    "index /abs/path": (lambda t, c, w: ["teacher-info", _sharded(t, c, {"weight_map": {"a": str(t / "hf" / "shard.safetensors")}})],
+                        "is outside the model folder"),
+    "index ../../x": (lambda t, c, w: ["teacher-info", _sharded(t, c, {"weight_map": {"a": "../tiny.pt"}})],
+                      "is outside the model folder"),
+    "string in a state dict": (lambda t, c, w: ["teacher-info", _string_in_state(t, c)], "is a str, not a tensor"),
+    "blocked pickle global": (lambda t, c, w: ["teacher-info", _blocked_global(t, c)], "refers to the Python class"),
+    "--subnet heads null": (lambda t, c, w: ["info", "--checkpoint", c, "--subnet", OURS.format(128, "null")],
+                            "subnet heads must be a list with one entry per layer, got None"),
+    "--subnet scalar heads": (lambda t, c, w: ["info", "--checkpoint", c, "--subnet", OURS.format(128, 4)],
+                              "subnet heads must be a list"),
+    "--subnet embed_dim string": (lambda t, c, w: ["info", "--checkpoint", c, "--subnet", OURS.format('"96"', [4] * 4)],
+                                  "subnet embed_dim must be an integer, got '96' (str)"),
+    "--subnet file not UTF-8": (lambda t, c, w: ["info", "--checkpoint", c, "--subnet", _write(t, "s.json", b"\xff{")],
+                                "s.json: not a UTF-8 JSON file"),
+    "space embed_dim [abc]": (lambda t, c, w: ["info", "--space", _space(t, "embed_dim", ["abc"])],
+                              "space.yaml: setting search_space.embed_dim[0] must be an int, got 'abc'"),
+    "space embed_dim 768": (lambda t, c, w: ["info", "--space", _space(t, "embed_dim", 768)], "search_space.embed_dim must be a list"),
+    "space embed_dim null": (lambda t, c, w: ["info", "--space", _space(t, "embed_dim", None)], "search_space.embed_dim must be"),
+    "space depth [11.5]": (lambda t, c, w: ["info", "--space", _space(t, "depth", [11.5])], "depth[0] must be an int, got 11.5"),
+    "space not UTF-8": (lambda t, c, w: ["info", "--space", _write(t, "space.yaml", b"\xff: 1")], "space.yaml: not a UTF-8"),
+    "config YAML not UTF-8": (lambda t, c, w: ["distill", "--config", _write(t, "c.yaml", b"\xff: 1"), "--print-config"],
+                              "c.yaml: not a UTF-8"),
+    "--device bogus": (lambda t, c, w: ["extract", "--checkpoint", c, "--output", t / "o", "--device", "bogus", w],
+                       "device 'bogus' is not one of cpu, cuda, cuda:N or mps"),
+    "--batch-seconds 0": (lambda t, c, w: ["extract", "--checkpoint", c, "--output", t / "o", "--batch-seconds", "0", w],
+                          "expected a positive number of seconds, got '0'"),
+    "--batch-seconds -5": (lambda t, c, w: ["extract", "--checkpoint", c, "--output", t / "o", "--batch-seconds", "-5", w],
+                           "expected a positive number of seconds"),
+    "--batch-seconds inf": (lambda t, c, w: ["extract", "--checkpoint", c, "--output", t / "o", "--batch-seconds", "inf", w],
+                            "expected a positive number of seconds"),
+    "--max-latency-ms nan": (lambda t, c, w: ["search", "--checkpoint", c, "--teacher", c, "--valid", w, "--out", t / "s",
+                                              "--max-latency-ms", "nan"], "max_latency_ms must be a positive number"),
+    "demo --test-regex (": (lambda t, c, w: ["demo", "--out", t / "d", "--data", t, "--labels", "w=^(a)", "--test-regex", "("],
+                            "--test-regex '(' is not a valid regular expression"),
+}
+if not torch.cuda.is_available():
+    BAD_INPUTS["--device cuda on a CPU build"] = (
+        lambda t, c, w: ["extract", "--checkpoint", c, "--output", t / "o", "--device", "cuda", w], "device 'cuda': ")
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_every_bad_input_is_one_line(case, tiny_checkpoint, tmp_path, capsys):
+    wav = tmp_path / "a.wav"
+    sf.write(wav, synthetic_speech(0.3, 150.0).numpy(), 16000)
+    argv, match = BAD_INPUTS[case]
+    argv = argv(tmp_path, tiny_checkpoint, wav)
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:  # a usage error, found by argparse
+        code = e.code
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("lighthubert: error: "), err
+    assert match in lines[0] and "weights_only=False" not in lines[0]
+    assert not (tmp_path / "o").exists()  # refused before any output
+
+
+def test_audio_the_model_cannot_use_fails_that_file_only(tiny_checkpoint, tmp_path, capsys):
+    """A float WAV peaking at 1e30 (finite, but the features overflow) and a 1 Hz header."""
+    good, loud, slow = tmp_path / "good.wav", tmp_path / "loud.wav", tmp_path / "slow.wav"
+    sf.write(good, synthetic_speech(0.3, 150.0).numpy(), 16000)
+    sf.write(loud, 1e30 * synthetic_speech(0.3, 150.0).numpy(), 16000, subtype="FLOAT")
+    sf.write(slow, np.zeros(4, np.float32), 1)
+    code, out, err = run(capsys, "extract", "--checkpoint", tiny_checkpoint, "--output", tmp_path / "o", "--quiet",
+                         good, loud, slow)
+    assert code == 1 and "wrote 1 file(s)" in out and "2 failed" in out
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("lighthubert: failed: ") for line in lines)
+    said = {line.split(": ")[2]: line for line in lines}  # file -> its line
+    assert "the model's features are not finite" in said[str(loud)] and "peaks at 9e+29" in said[str(loud)]  # synthetic_speech peaks at 0.9
+    assert "sample rate 1 Hz is below 4000 Hz" in said[str(slow)]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["good.npy"]  # nothing for the failed files
+
+
+def _disk_full(monkeypatch):
+    """Every write of a file's bytes writes half, then fails as a full disk does (torch.save
+    raises RuntimeError for it, everything else OSError)."""
+    import errno
+    from pathlib import Path as P
+
+    def half(self, data, *a, **k):
+        with open(self, "wb") as f:
+            f.write((data.encode() if isinstance(data, str) else data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def torch_save(obj, f, *a, **k):
+        P(f).write_bytes(b"PK\x03\x04")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(P, "write_bytes", half)
+    monkeypatch.setattr(P, "write_text", half)
+    monkeypatch.setattr(torch, "save", torch_save)
+    monkeypatch.setattr(np, "save", lambda f, arr, *a, **k: (f.write(b"\x93NUMPY"), half(P(f.name), b"xx")))
+
+
+@pytest.mark.parametrize("fmt, output", [("compact", "c"), ("hf", "hf"), ("official", "m.pt")])
+def test_a_full_disk_keeps_the_earlier_export(fmt, output, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    argv = ["export", "--checkpoint", tiny_checkpoint, "--format", fmt, "--subnet", "max", "--output", tmp_path / output]
+    assert run(capsys, *argv)[0] == 0
+    target = tmp_path / output
+    before = {p: p.read_bytes() for p in ([target] if target.is_file() else sorted(target.iterdir()))}
+    _disk_full(monkeypatch)
+    code, _, err = run(capsys, *argv)
+    monkeypatch.undo()
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and f"{target}: could not be written" in lines[0], err
+    assert {p: p.read_bytes() for p in before} == before  # every earlier file, byte for byte
+    assert sorted(tmp_path.iterdir()) == sorted({tiny_checkpoint, target})  # no temporary file or folder left
+
+
+def test_a_full_disk_during_extract_names_the_file_and_leaves_no_tmp(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    wav = tmp_path / "a.wav"
+    sf.write(wav, synthetic_speech(0.3, 150.0).numpy(), 16000)
+    _disk_full(monkeypatch)
+    code, _, err = run(capsys, "extract", "--checkpoint", tiny_checkpoint, "--output", tmp_path / "o", "--quiet", wav)
+    monkeypatch.undo()
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and f"{tmp_path / 'o' / 'a.npy'}: could not be written (No space left" in lines[0]
+    assert list((tmp_path / "o").iterdir()) == []

@@ -104,7 +104,7 @@ def test_non_finite_weights_are_never_saved(train_setup, tmp_path):
     trainer.fit()
     with torch.no_grad():
         trainer.student.encoder.layers[0].fc1.weight[0, 0] = float("nan")
-    with pytest.raises(TrainingError, match=r"weights are not finite at step 1 .* The last good checkpoint is .*step-1\.pt"):
+    with pytest.raises(TrainingError, match=r"weights are not finite at step 1 .* --resume continues from .*step-1\.pt"):
         trainer.save()
 
 
@@ -122,3 +122,23 @@ def test_ctrl_c_says_where_to_resume(train_setup, tmp_path):
     assert proc.returncode == 130 and last.startswith("lighthubert: interrupted at step ") and "--resume continues from" in last
     assert "Traceback" not in err and not (out / LOCK).exists()
     assert RunFolder(out).checkpoints()
+
+
+def test_a_full_disk_at_a_checkpoint_says_where_to_resume(train_setup, tmp_path, capsys, monkeypatch):
+    real, saves = torch.save, []
+
+    def save(obj, f, *a, **k):  # the second checkpoint meets a full disk (torch.save: a RuntimeError)
+        saves.append(f)
+        if len(saves) == 2:
+            Path(f).write_bytes(b"PK\x03\x04")
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
+        real(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+    code = run_cli(*distill(train_setup, tmp_path / "run", "--set=max_steps=3", "--set=save_every=1"))
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lighthubert:")]  # not the bar
+    assert code == 2 and len(err) == 1, err
+    assert f"{tmp_path / 'run' / 'step-2.pt'}: could not be written" in err[0]
+    assert f"--resume continues from {tmp_path / 'run' / 'step-1.pt'}" in err[0]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.suffix in (".pt", ".tmp")) == ["step-1.pt"]
+    assert not (tmp_path / "run" / LOCK).exists()

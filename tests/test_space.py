@@ -10,6 +10,7 @@ import re
 import pytest
 import yaml
 
+from lighthubert import settings
 from lighthubert.model import ModelConfig
 from lighthubert.space import SearchSpace, SubnetConfig, count_macs, count_params, count_subnet_params, depth_map
 
@@ -324,7 +325,7 @@ def test_a_subnet_and_its_export_config_count_the_same():
     exported = base.model_config(sub)
     assert exported.supernet_embed_dim == 768
     assert count_subnet_params(base, sub) == count_params(exported) == 66_897_664
-    assert ModelConfig.from_dict(exported.asdict()) == exported  # survives every config file
+    assert settings.from_dict(ModelConfig, exported.asdict(), "model") == exported  # survives every config file
     standalone = dataclasses.replace(exported, supernet_embed_dim=0)
     assert count_params(exported) - count_params(standalone) == 768 - 640
     assert "supernet_embed_dim" not in standalone.asdict()  # configs of other models read as before

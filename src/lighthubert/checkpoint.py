@@ -8,21 +8,23 @@ conversions live in `convert.py`. Nothing here unpickles code: `torch.load(weigh
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import logging
 import os
 import pickle
 import re
 import secrets
+import shutil
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
-from safetensors.torch import load_file as load_safetensors
+from safetensors import SafetensorError
+from safetensors.torch import load_file as safetensors_load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
-from . import convert
+from . import convert, settings
 from .convert import CheckpointError
 from .model import DistilHuBERT, HuBERT, HuBERTCTC, ModelConfig
 from .space import SearchSpace, SubnetConfig
@@ -63,7 +65,8 @@ def load_file(path: Union[str, Path]) -> dict[str, Any]:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        # torch < 2.13: "Unsupported global: GLOBAL x.y"; 2.13: "unsupported GLOBAL x.y whose module x is blocked"
+        found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(e), re.IGNORECASE)
         if found:
             raise CheckpointError(
                 f"{path}: the checkpoint refers to the Python class {found.group(1)}, which safe loading "
@@ -112,37 +115,83 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
+class WriteError(OSError):
+    """A file could not be written; `reason` says why (a full disk, no permission)."""
+
+    def __init__(self, path: Union[str, Path], reason: str, what: str = "any earlier file there is unchanged") -> None:
+        super().__init__(f"{path}: could not be written ({reason}); {what}")
+        self.reason = reason
+
+
 def save_file(obj: dict[str, Any], path: Union[str, Path]) -> None:
     """`torch.save` to a temporary file in the same folder, then rename: never half-written."""
-    _write_atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+    write_atomic(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
 def save_tensors(tensors: dict[str, Tensor], path: Union[str, Path], metadata: Optional[dict[str, str]] = None) -> None:
     """A safetensors file, written as `save_file` writes (safetensors' own `save_file` makes
     it owner-only, 0600)."""
-    _write_atomic(Path(path), lambda tmp: tmp.write_bytes(safetensors_bytes(tensors, metadata)))
+    write_atomic(Path(path), lambda tmp: tmp.write_bytes(safetensors_bytes(tensors, metadata)))
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+def save_text(text: str, path: Union[str, Path]) -> None:
+    """A text file (a config.json, remote code), written as `save_file` writes."""
+    write_atomic(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """`write(tmp)` to a temporary file beside `path`, then rename it to `path`.
 
     The file gets the user's umask like any other file written here (`tempfile.mkstemp`
     would make it owner-only, 0600, unlike the `config.json` beside it).
+
+    Raises:
+        WriteError: the file could not be written (a full disk, no permission); one line
+            naming it. `torch.save` reports a full disk as a RuntimeError, which is caught here
+            too. An existing `path` is left as it was.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # 0o666 & ~umask
     try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # 0o666 & ~umask
         write(tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        raise WriteError(path, getattr(e, "reason", None) or getattr(e, "strerror", None) or _first_line(e)) from None
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
+@contextlib.contextmanager
+def staged_folder(output: Union[str, Path]) -> Iterator[Path]:
+    """A temporary folder beside `output` to write an export into (`WriteError` when that fails); on success its files
+    replace those of `output` by renames, on an error it is removed and `output` keeps its
+    old files. Every file is whole before any is replaced, so a full disk can never leave a
+    new `model.safetensors` beside an old `config.json`.
+    """
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+        output.mkdir(exist_ok=True)
+        for f in sorted(tmp.iterdir()):
+            os.replace(f, output / f.name)
+    except OSError as e:
+        reason = getattr(e, "reason", None) or e.strerror or str(e)
+        raise WriteError(output, reason, "its earlier files are unchanged") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def load_state(model: torch.nn.Module, state: dict[str, Tensor], source: str) -> None:
     """`load_state_dict(strict=True)` with one-line errors naming the missing, extra or misshapen key."""
     own = model.state_dict()
+    odd = [k for k, v in state.items() if not isinstance(v, Tensor)]
+    if odd:
+        raise CheckpointError(f"{source}: {odd[0]} is a {type(state[odd[0]]).__name__}, not a tensor; the weights are damaged")
     missing = [k for k in own if k not in state]
     extra = [k for k in state if k not in own]
     if missing or extra:
@@ -217,7 +266,7 @@ def ctc_checkpoint(model: HuBERTCTC) -> dict[str, Any]:
 
 def _load_ctc(ckpt: dict[str, Any], source: str):
     try:
-        cfg, vocab = ModelConfig.from_dict(ckpt["config"]), ckpt["vocab"]
+        cfg, vocab = settings.from_dict(ModelConfig, ckpt["config"], "model"), ckpt["vocab"]
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{source}: not a readable {CTC_FORMAT} checkpoint ({e})") from None
     model = HuBERTCTC(cfg, vocab, float(ckpt.get("final_dropout", 0.0)))
@@ -236,11 +285,7 @@ def detect_format(obj: Union[dict[str, Any], Path]) -> str:
         cfg_path = obj / "config.json"
         if not cfg_path.is_file():
             raise CheckpointError(f"{obj}: a folder without config.json is neither a transformers model nor a compact export")
-        try:
-            cfg = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{cfg_path}: invalid JSON ({e})") from None
-        return "compact" if isinstance(cfg, dict) and cfg.get("format") == COMPACT_FORMAT else "transformers"
+        return "compact" if settings.read_json(cfg_path).get("format") == COMPACT_FORMAT else "transformers"
     if isinstance(obj.get("Distiller"), dict) and isinstance(obj.get("Config"), dict):
         return "distilhubert"
     if obj.get("format") == CTC_FORMAT:
@@ -276,11 +321,21 @@ def load_model(path: Union[str, Path], subnet: Union[str, SubnetConfig, dict, No
         CheckpointError: unreadable or unsupported files, keys or shapes that do not fit.
     """
     kind, model = load_with_format(path)
+    refuse_non_finite(model, path)
     if subnet is not None:
         if not isinstance(model, LightHuBERT):
             raise CheckpointError(f"{path} is a fixed-shape {kind} model; a subnet can only be chosen for a supernet")
         model.set_subnet(subnet)
     return model
+
+
+def refuse_non_finite(model: torch.nn.Module, source: Union[str, Path]) -> None:
+    """Raises CheckpointError when a weight is NaN or infinite: such a model turns every output
+    (features, exports, teacher targets) into NaN without another error."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{source}: non-finite weights ({len(bad)} tensors, e.g. {bad[0]}); "
+                              "use an earlier checkpoint of the run")
 
 
 def dense_model(model: HuBERT, subnet: Union[str, SubnetConfig, dict, None] = None) -> tuple[HuBERT, ModelConfig]:
@@ -305,21 +360,30 @@ def load_teacher(path: Union[str, Path]) -> HuBERT:
             target into NaN).
     """
     teacher, _ = dense_model(load_model(path))
-    bad = [k for k, v in teacher.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise CheckpointError(f"{path}: the teacher has non-finite weights ({len(bad)} tensors, e.g. {bad[0]})")
     teacher.encoder.layerdrop = 0.0
     return teacher.eval().requires_grad_(False)
 
 
 def load_with_format(path: Union[str, Path]):
-    """`load_model` without a subnet choice, also returning which of `FORMATS` the file was."""
+    """`load_model` without a subnet choice (nor its finiteness check: `teacher-info` describes
+    a damaged model too), also returning which of `FORMATS` the file was.
+
+    Raises:
+        CheckpointError: every problem with the file, as one line naming it (a config value of
+            the wrong type included).
+    """
     path = Path(path)
-    if path.is_dir():
-        kind = detect_format(path)
-        model, dropped = (_load_compact if kind == "compact" else _load_transformers)(path)
-    else:
-        kind, model, dropped = model_from_dict(load_file(path), str(path))
+    try:
+        if path.is_dir():
+            kind = detect_format(path)
+            model, dropped = (_load_compact if kind == "compact" else _load_transformers)(path)
+        else:
+            kind, model, dropped = model_from_dict(load_file(path), str(path))
+    except CheckpointError:
+        raise
+    except ValueError as e:  # a config that does not fit ModelConfig, SearchSpace, ...
+        text = str(e)
+        raise CheckpointError(text if text.startswith(str(path)) else f"{path}: {text}") from None
     if dropped:
         log.info("%s: dropped %d head / pre-training tensors (%s ...)", path, len(dropped), dropped[0])
     return kind, model.eval()
@@ -422,16 +486,16 @@ def _load_torchaudio(state: dict[str, Tensor], source: str):
 
 
 def _load_transformers(path: Path):
-    cfg = json.loads((path / "config.json").read_text())
+    cfg = settings.read_json(path / "config.json")
     if cfg.get("model_type") == "lighthubert":  # our remote-code export (export.save_hf): our keys under `hubert.`
         if not isinstance(cfg.get("lighthubert"), dict):
             raise CheckpointError(f"{path / 'config.json'}: model_type lighthubert without its 'lighthubert' model config")
         state = {k.removeprefix("hubert."): v for k, v in _read_weights(path).items()}
-        return _dense(ModelConfig.from_dict(cfg["lighthubert"]), state, str(path)), []
+        return _dense(settings.from_dict(ModelConfig, cfg["lighthubert"], "model"), state, str(path)), []
     normalize = None
     pre = path / "preprocessor_config.json"
     if pre.is_file():
-        normalize = json.loads(pre.read_text()).get("do_normalize")
+        normalize = settings.read_json(pre).get("do_normalize")
     state, dropped = convert.hf_to_ours(_read_weights(path))
     return _dense(convert.hf_model_config(cfg, normalize), state, str(path)), dropped
 
@@ -439,24 +503,41 @@ def _load_transformers(path: Path):
 def _read_weights(path: Path) -> dict[str, Tensor]:
     """transformers weights: model.safetensors, a sharded index, or pytorch_model.bin (safely)."""
     if (path / "model.safetensors").is_file():
-        return load_safetensors(path / "model.safetensors")
+        return _read_safetensors(path / "model.safetensors")
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = settings.read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: expected a 'weight_map' object of tensor name -> shard file name")
+        shards = sorted(set(weight_map.values()))
+        inside = path.resolve()
+        outside = [s for s in shards if Path(s).is_absolute() or inside not in (inside / s).resolve().parents]
+        if outside:  # a shard is a file of this folder; an index must not make us read elsewhere
+            raise CheckpointError(f"{index}: shard {outside[0]!r} is outside the model folder; shards are file names in {path}")
         missing = [s for s in shards if not (path / s).is_file()]
         if missing:
             raise CheckpointError(f"{path}: missing weight shard(s) {missing}")
-        return {k: v for s in shards for k, v in load_safetensors(path / s).items()}
+        return {k: v for s in shards for k, v in _read_safetensors(path / s).items()}
     if (path / "pytorch_model.bin").is_file():
         return load_file(path / "pytorch_model.bin")
     raise CheckpointError(f"{path}: no weight file (model.safetensors or pytorch_model.bin) next to config.json")
 
 
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    """A safetensors file's tensors; CheckpointError naming the file when it is damaged."""
+    try:
+        return safetensors_load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file, maybe truncated ({_first_line(e)})") from None
+
+
 def _load_compact(path: Path):
-    meta = json.loads((path / "config.json").read_text())
-    cfg = ModelConfig.from_dict(meta["model"])
+    meta = settings.read_json(path / "config.json")
+    if not isinstance(meta.get("model"), dict):
+        raise CheckpointError(f"{path / 'config.json'}: a compact export's config.json needs its 'model' config (an object)")
+    cfg = settings.from_dict(ModelConfig, meta["model"], "model")
     weights = path / "model.safetensors"
     if not weights.is_file():
         raise CheckpointError(f"{path}: compact export without model.safetensors")
-    state = {k: v.float() for k, v in load_safetensors(weights).items()}
+    state = {k: v.float() for k, v in _read_safetensors(weights).items()}
     return _dense(cfg, state, str(path)), []

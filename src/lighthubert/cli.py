@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -83,10 +84,15 @@ def _shape(model: HuBERT) -> str:
     return (model.subnet if isinstance(model, LightHuBERT) else SubnetConfig.of(model.cfg)).describe()
 
 
+def _load_on_device(args: argparse.Namespace, subnet: Optional[str] = None) -> HuBERT:
+    """`--checkpoint` loaded (finite weights only) onto `--device`, which is checked first."""
+    device = distributed.resolve_device(args.device) if args.device else None
+    model = checkpoint.load_model(args.checkpoint, subnet)
+    return model.to(device) if device is not None else model
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
-    model = checkpoint.load_model(args.checkpoint, args.subnet)
-    if args.device:
-        model.to(args.device)
+    model = _load_on_device(args, args.subnet)
     log.info("model %s", _shape(model))
     report = extract_files(model, args.audio, args.output, layer=args.layer,
                            max_batch_samples=int(args.batch_seconds * data.SAMPLE_RATE), progress=not args.quiet)
@@ -97,9 +103,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    model = checkpoint.load_model(args.checkpoint)
-    if args.device:
-        model.to(args.device)
+    model = _load_on_device(args)
     if bool(args.audio) == bool(args.manifest):
         raise ValueError("transcribe takes audio files or --manifest (to score against its .ltr labels), not both")
     if args.manifest:
@@ -270,9 +274,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
             raise ValueError("--subnet and --device need a checkpoint; the mfcc baseline has neither")
         source, name = probes.MFCC, probes.MFCC
     else:
-        source = checkpoint.load_model(args.checkpoint, args.subnet)
-        if args.device:
-            source.to(args.device)
+        source = _load_on_device(args, args.subnet)
         name = _shape(source)
     results = probes.probe_tasks(source, args.train, args.test, tasks, cfg, progress=not args.quiet)
     if args.json:
@@ -332,6 +334,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seconds(text: str) -> float:
+    """An argparse type: a positive, finite number of seconds (0, -5, inf and nan are usage errors)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line, like every other error of the CLI (exit status 2)."""
 
@@ -363,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--subnet", help=f"{SUBNET_HELP}; default: the checkpoint's own (max for stage 1, the space default for a supernet)")
     e.add_argument("--output", required=True, help="output folder")
     e.add_argument("--layer", type=int, help="write only this hidden state, shape (frames, embed_dim)")
-    e.add_argument("--batch-seconds", type=float, default=60.0, help="padded audio per forward pass (default 60)")
+    e.add_argument("--batch-seconds", type=_seconds, default=60.0, help="padded audio per forward pass (default 60)")
     e.add_argument("--device", help="torch device, e.g. cuda (default cpu)")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.add_argument("audio", nargs="+", help="audio files (any soundfile format; mono down-mix, resampled to 16 kHz)")
@@ -374,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "or with --manifest the CER and WER against the .ltr labels beside it.")
     a.add_argument("--checkpoint", required=True, help="a fine-tuned CTC model (`lighthubert finetune` step-N.pt, or its export)")
     a.add_argument("--manifest", help="score on this manifest (.tsv) against its .ltr labels instead of transcribing files")
-    a.add_argument("--batch-seconds", type=float, default=60.0, help="padded audio per forward pass (default 60)")
+    a.add_argument("--batch-seconds", type=_seconds, default=60.0, help="padded audio per forward pass (default 60)")
     a.add_argument("--device", help="torch device, e.g. cuda (default cpu)")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
     a.add_argument("audio", nargs="*", help="audio files (any soundfile format)")
@@ -570,8 +583,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Interrupted as e:
         print(f"lighthubert: {e}", file=sys.stderr)
         return 130
-    except KeyboardInterrupt:
-        print("lighthubert: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"lighthubert: {e or 'interrupted'}", file=sys.stderr)
         return 130
     except (ValueError, OSError, yaml.YAMLError, TrainingError, MissingExtra) as e:
         print(f"lighthubert: error: {e}", file=sys.stderr)

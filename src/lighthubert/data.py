@@ -21,7 +21,7 @@ from scipy.signal import resample_poly
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from . import transcripts
+from . import settings, transcripts
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,9 @@ class AudioError(ValueError):
         return f"{self.kind}: {self}"
 
 
+MIN_SAMPLE_RATE = 4000  # Hz: below it no speech band survives (telephone speech is 8 kHz)
+
+
 def load_audio(path: Union[str, Path], sample_rate: int = SAMPLE_RATE, min_samples: int = 0) -> Tensor:
     """Reads any soundfile format as mono float32 at `sample_rate`.
 
@@ -62,7 +65,8 @@ def load_audio(path: Union[str, Path], sample_rate: int = SAMPLE_RATE, min_sampl
         (N,) float32 waveform.
 
     Raises:
-        AudioError: missing, unreadable, empty, non-finite or too short audio; one line naming the file.
+        AudioError: missing, unreadable, empty, non-finite or too short audio, or a sample rate
+            below `MIN_SAMPLE_RATE`; one line naming the file.
     """
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
@@ -76,6 +80,9 @@ def load_audio(path: Union[str, Path], sample_rate: int = SAMPLE_RATE, min_sampl
         raise AudioError(f"{path}: cannot read audio ({_first_line(e)})", "unreadable") from None
     if data.shape[0] == 0:
         raise AudioError(f"{path}: empty audio (0 samples)", "empty")
+    if sr < MIN_SAMPLE_RATE:  # a 1 Hz header would be "resampled" into seconds of nothing
+        raise AudioError(f"{path}: sample rate {sr} Hz is below {MIN_SAMPLE_RATE} Hz, too low for speech; "
+                         "the file's header is likely wrong", "sample rate too low")
     x = data.mean(axis=1)
     if sr != sample_rate:
         g = gcd(int(sr), sample_rate)
@@ -292,7 +299,7 @@ def read_manifest(path: Union[str, Path]) -> Manifest:
             exactly one tab or with a frame count that is not a non-negative integer; one line
             naming the file and line number.
     """
-    lines = Path(path).read_text().splitlines()
+    lines = settings.read_text(path, "manifest (.tsv)").splitlines()
     if not lines or not lines[0].strip():
         raise ValueError(f"{path}: empty manifest; line 1 must be the root folder, then one 'relative/path<TAB>frames' per line")
     if "\t" in lines[0]:

@@ -10,7 +10,7 @@ import contextlib
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -39,14 +39,43 @@ def init(device: str | None = None) -> Context:
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = resolve_device(device, local)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=30))
     return Context(rank, local, world, dev)
+
+
+def resolve_device(name: Optional[str], local_rank: int = 0) -> torch.device:
+    """The device `name` means on this machine; None: `cuda:local_rank` when CUDA is there, else cpu.
+
+    A bare `cuda` is this process's GPU (`cuda:LOCAL_RANK` under torchrun).
+
+    Raises:
+        ValueError: not a device name, or a device this machine lacks; one line, where torch
+            gives a list of every backend or an assertion from deep inside `.to()`.
+    """
+    if name is None:
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {name!r} is not one of cpu, cuda, cuda:N or mps")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"device {name!r}: {why}; use cpu")
+        index = local_rank if dev.index is None else dev.index
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: there are {torch.cuda.device_count()} CUDA GPU(s), cuda:0 to "
+                             f"cuda:{torch.cuda.device_count() - 1}")
+        return torch.device("cuda", index)
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r}: MPS is not available on this machine; use cpu")
+    return dev
 
 
 def shutdown() -> None:

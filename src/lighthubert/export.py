@@ -89,10 +89,9 @@ def how_to_load(output: Path, fmt: str) -> str:
 
 def save_compact(model: HuBERT, cfg: ModelConfig, output: Path, dtype: torch.dtype = torch.float32,
                  subnet: Optional[SubnetConfig] = None) -> None:
-    """`output/model.safetensors` (in `dtype`) + `output/config.json`; loads back with `strict=True`."""
-    output.mkdir(parents=True, exist_ok=True)
+    """`output/model.safetensors` (in `dtype`) + `output/config.json`; loads back with `strict=True`.
+    Both are written before either replaces an earlier export (`checkpoint.staged_folder`)."""
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-    checkpoint.save_tensors(state, output / "model.safetensors")
     meta = {
         "format": checkpoint.COMPACT_FORMAT,
         "version": 1,
@@ -100,7 +99,9 @@ def save_compact(model: HuBERT, cfg: ModelConfig, output: Path, dtype: torch.dty
         "subnet": None if subnet is None else subnet.to_official(cfg.head_dim),
         "dtype": str(dtype).removeprefix("torch."),
     }
-    (output / "config.json").write_text(json.dumps(meta, indent=2))
+    with checkpoint.staged_folder(output) as staged:
+        checkpoint.save_tensors(state, staged / "model.safetensors")
+        checkpoint.save_text(json.dumps(meta, indent=2), staged / "config.json")
 
 
 def hubert_model_fits(cfg: ModelConfig) -> Optional[str]:
@@ -129,10 +130,11 @@ def save_hf(model: HuBERT, cfg: ModelConfig, output: Path) -> str:
     package's model as remote code (`REMOTE_CODE` files, `auto_map` in config.json), which
     `AutoModel.from_pretrained(output, trust_remote_code=True)` loads.
 
+    Every file is written before any replaces an earlier export's (`checkpoint.staged_folder`).
+
     Returns:
         Which: "HubertModel" or "remote code".
     """
-    output.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().float() for k, v in model.state_dict().items() if not k.startswith("layer_pred_heads.")}
     why = hubert_model_fits(cfg)
     if why is None:
@@ -140,11 +142,6 @@ def save_hf(model: HuBERT, cfg: ModelConfig, output: Path) -> str:
     else:
         log.info("%s: writing this package's model as transformers remote code", why)
         kind, weights, config = "remote code", {f"hubert.{k}": v for k, v in state.items()}, _remote_config(cfg)
-        source = Path(__file__).parent
-        for name in REMOTE_CODE:
-            (output / name).write_text((source / name).read_text())
-    checkpoint.save_tensors({k: v.contiguous() for k, v in weights.items()}, output / "model.safetensors", {"format": "pt"})
-    (output / "config.json").write_text(json.dumps(config, indent=2))
     processor = {
         "feature_extractor_type": "Wav2Vec2FeatureExtractor",
         "feature_size": 1,
@@ -155,7 +152,14 @@ def save_hf(model: HuBERT, cfg: ModelConfig, output: Path) -> str:
         # our model masks padding exactly; HubertModel's group-norm front end would not
         "return_attention_mask": kind == "remote code" or cfg.extractor_mode == "layer_norm",
     }
-    (output / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+    with checkpoint.staged_folder(output) as staged:
+        if kind == "remote code":
+            source = Path(__file__).parent
+            for name in REMOTE_CODE:
+                checkpoint.save_text((source / name).read_text(encoding="utf-8"), staged / name)
+        checkpoint.save_tensors({k: v.contiguous() for k, v in weights.items()}, staged / "model.safetensors", {"format": "pt"})
+        checkpoint.save_text(json.dumps(config, indent=2), staged / "config.json")
+        checkpoint.save_text(json.dumps(processor, indent=2), staged / "preprocessor_config.json")
     return kind
 
 
@@ -202,7 +206,8 @@ def save_onnx(model: HuBERT, output: Path, opset: int = 18, quantize: Optional[s
     """ONNX graph with a dynamic batch and time axis; inputs are already normalised waveforms.
 
     `quantize="int8"` writes the float graph next to `output` first, then its int8 version
-    (`quantize_onnx_int8`) to `output`, and removes the float one.
+    (`quantize_onnx_int8`) to `output`, and removes the float one. `output` is written as
+    checkpoints are (`checkpoint.write_atomic`): an earlier file survives a full disk.
 
     Raises:
         MissingExtra: onnx or onnxscript (torch's exporter needs both), or for int8
@@ -220,14 +225,14 @@ def save_onnx(model: HuBERT, output: Path, opset: int = 18, quantize: Optional[s
             dynamic_shapes={"waveform": {0: batch, 1: samples}, "lengths": {0: batch}},
         )
     if quantize is None:
-        program.save(str(output))
+        checkpoint.write_atomic(output, lambda tmp: program.save(str(tmp)))
         return
     floating = output.with_name(output.stem + ".float32.onnx")
-    program.save(str(floating))
     try:
-        quantize_onnx_int8(floating, output)
+        checkpoint.write_atomic(floating, lambda tmp: program.save(str(tmp)))
+        checkpoint.write_atomic(output, lambda tmp: quantize_onnx_int8(floating, tmp))
     finally:
-        floating.unlink()
+        floating.unlink(missing_ok=True)
 
 
 def quantize_onnx_int8(source: Path, output: Path) -> list[str]:

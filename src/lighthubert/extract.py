@@ -5,7 +5,6 @@ A padded batch gives the same valid frames as one utterance at a time (see `HuBE
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -15,6 +14,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from . import checkpoint
 from .data import AudioError, batch_by_size, collate, load_audio, normalize
 from .model import HuBERT
 
@@ -61,6 +61,22 @@ def extract(model: HuBERT, wavs: Sequence[Tensor], max_batch_samples: int = 1600
     return out  # type: ignore[return-value]
 
 
+def finite_features(feats: Tensor, wav: Tensor, path: Union[str, Path]) -> Tensor:
+    """`feats` of the audio file `path` (waveform `wav`), if every value is finite.
+
+    Finite audio can still overflow the model: a float WAV peaking at 1e30 gives NaN features,
+    which would pass as a result (an all-NaN `.npy`, a probe trained on NaN).
+
+    Raises:
+        AudioError: a NaN or infinite feature; names the file and its peak amplitude.
+    """
+    if not torch.isfinite(feats).all():
+        raise AudioError(f"{path}: the model's features are not finite (NaN or inf); the audio peaks at "
+                         f"{float(wav.abs().max()):.3g}, so check its scale (float audio is expected in [-1, 1])",
+                         "non-finite features")
+    return feats
+
+
 @dataclass
 class ExtractReport:
     """What `extract_files` wrote and which inputs failed (with the reason)."""
@@ -84,6 +100,9 @@ def extract_files(
 
     Raises:
         ValueError: `layer` out of range, or two inputs that would write the same file.
+        OSError: an output file could not be written (a full disk); names it. No `.tmp` file
+            is left behind, and the files written before it stay.
+        KeyboardInterrupt: Ctrl-C, saying how many files were written.
     """
     depth = len(model.encoder.kept_layers)
     if layer is not None and not 0 <= layer <= depth:
@@ -96,25 +115,35 @@ def extract_files(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = ExtractReport()
-    bar = tqdm(total=len(stems), unit="file", disable=not progress, desc="extract")
     shortest = min_samples(model)
     items = list(stems.values())
-    for start in range(0, len(items), files_per_chunk):
-        loaded: list[tuple[Path, Tensor]] = []
-        for p in items[start : start + files_per_chunk]:
-            try:
-                loaded.append((p, load_audio(p, min_samples=shortest)))
-            except AudioError as e:
-                report.failed.append((str(p), str(e)))  # the caller reports it (the CLI: one line per file)
-                bar.update(1)
-        for (p, _), feats in zip(loaded, extract(model, [w for _, w in loaded], max_batch_samples)):
-            arr = (feats if layer is None else feats[layer]).numpy().astype(np.float32)
-            target = out_dir / f"{p.stem}.npy"
-            tmp = out_dir / f".{p.stem}.npy.tmp"
-            with open(tmp, "wb") as f:
-                np.save(f, arr)
-            os.replace(tmp, target)
-            report.written.append(target)
-            bar.update(1)
-    bar.close()
+    with tqdm(total=len(stems), unit="file", disable=not progress, desc="extract") as bar:  # closed on Ctrl-C too
+        try:
+            for start in range(0, len(items), files_per_chunk):
+                loaded: list[tuple[Path, Tensor]] = []
+                for p in items[start : start + files_per_chunk]:
+                    try:
+                        loaded.append((p, load_audio(p, min_samples=shortest)))
+                    except AudioError as e:
+                        report.failed.append((str(p), str(e)))  # the caller reports it (the CLI: one line per file)
+                        bar.update(1)
+                for (p, wav), feats in zip(loaded, extract(model, [w for _, w in loaded], max_batch_samples)):
+                    bar.update(1)
+                    try:
+                        finite_features(feats, wav, p)
+                    except AudioError as e:
+                        report.failed.append((str(p), str(e)))
+                        continue
+                    target = out_dir / f"{p.stem}.npy"
+                    checkpoint.write_atomic(target, lambda tmp: _save_npy((feats if layer is None else feats[layer]).numpy(), tmp))
+                    report.written.append(target)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"interrupted after {len(report.written)} of {len(items)} file(s); those in "
+                                    f"{out_dir} are complete") from None
     return report
+
+
+def _save_npy(arr: np.ndarray, path: Path) -> None:
+    """`np.save` to exactly `path` (given a name, it would append `.npy` to the temporary one)."""
+    with open(path, "wb") as f:
+        np.save(f, arr.astype(np.float32, copy=False))

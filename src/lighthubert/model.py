@@ -29,12 +29,12 @@ _DEFAULT_CONV = [[512, 10, 5]] + [[512, 3, 2]] * 4 + [[512, 2, 2]] * 2
 class ModelConfig:
     """Shape and behaviour of a HuBERT-style encoder (fairseq's `HubertConfig`, trimmed)."""
 
-    conv_layers: list = field(default_factory=lambda: [list(c) for c in _DEFAULT_CONV])  # [channels, kernel, stride] per block; official: conv_feature_layers
+    conv_layers: list[list[int]] = field(default_factory=lambda: [list(c) for c in _DEFAULT_CONV])  # [channels, kernel, stride] per block; official: conv_feature_layers
     extractor_mode: str = "layer_norm"  # "layer_norm" (LightHuBERT, HuBERT Large) or "default" (GroupNorm in block 0, HuBERT Base)
     conv_bias: bool = False  # bias in the conv front end
     embed_dim: int = 768  # official: encoder_embed_dim
-    heads: list = field(default_factory=lambda: [12] * 12)  # attention heads per layer; official: encoder_attention_heads
-    ffn_dim: list = field(default_factory=lambda: [3072] * 12)  # FFN width per layer; official: encoder_ffn_embed_dim
+    heads: list[int] = field(default_factory=lambda: [12] * 12)  # attention heads per layer; official: encoder_attention_heads
+    ffn_dim: list[int] = field(default_factory=lambda: [3072] * 12)  # FFN width per layer; official: encoder_ffn_embed_dim
     head_dim: int = 64  # width of one attention head (fixed at 64 in LightHuBERT)
     feature_layer_norm: bool = True  # LayerNorm on the CNN frames before the projection (transformers: feat_proj_layer_norm)
     conv_pos: int = 128  # positional conv kernel size
@@ -61,10 +61,19 @@ class ModelConfig:
             raise ValueError(
                 f"heads and ffn_dim need one entry per layer, got {len(self.heads)} and {len(self.ffn_dim)}"
             )
+        if min(self.heads) < 1 or min(self.ffn_dim) < 1 or min(map(min, self.conv_layers)) < 1:
+            raise ValueError(f"heads, ffn_dim and conv_layers must be positive, got heads {self.heads}, "
+                             f"ffn_dim {self.ffn_dim}, conv_layers {self.conv_layers}")
+        for name in ("embed_dim", "head_dim", "conv_pos", "conv_pos_groups"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.pred_dim < 0:
+            raise ValueError(f"pred_dim must be >= 0 (0: no prediction head), got {self.pred_dim}")
+        for name in ("dropout", "activation_dropout", "layerdrop", "dropout_input"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a probability in [0, 1), got {getattr(self, name)}")
         if self.embed_dim % self.conv_pos_groups:
             raise ValueError(f"embed_dim {self.embed_dim} must be divisible by conv_pos_groups {self.conv_pos_groups}")
-        if min(self.heads) < 1 or min(self.ffn_dim) < 1 or self.embed_dim < 1:
-            raise ValueError("embed_dim, heads and ffn_dim must be positive")
         if self.supernet_embed_dim and self.supernet_embed_dim < self.embed_dim:
             raise ValueError(f"supernet_embed_dim {self.supernet_embed_dim} is below embed_dim {self.embed_dim}; "
                              "a subnet is at most as wide as its supernet (0: not a subnet)")
@@ -84,15 +93,6 @@ class ModelConfig:
         if not self.supernet_embed_dim:
             del d["supernet_embed_dim"]
         return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        """Builds a config from `asdict()` output; an unknown key is an error, not ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig key(s) {unknown}; expected a subset of {sorted(names)}")
-        return cls(**d)
 
 
 def dense_linear(in_features: int, out_features: int, bias: bool = True, in_blocks: int = 1, out_blocks: int = 1) -> nn.Linear:

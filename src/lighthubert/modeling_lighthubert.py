@@ -31,7 +31,7 @@ class LightHuBERTModel(PreTrainedModel):
 
     def __init__(self, config: LightHuBERTConfig) -> None:
         super().__init__(config)
-        self.hubert = HuBERT(ModelConfig.from_dict(config.lighthubert))
+        self.hubert = HuBERT(ModelConfig(**config.lighthubert))  # written by export.save_hf
         self.post_init()
 
     def _init_weights(self, module: Any) -> None:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from . import distributed
 from .data import AudioDataset, Batch, validation_batches
 from .model import HuBERT
 from .recipes.lighthubert import LightHuBERTDistillConfig, LightHuBERTRecipe
@@ -81,8 +82,9 @@ class SearchConfig:
             raise ValueError(f"parent_fraction must be in (0, 1], got {self.parent_fraction}")
         for name in ("max_params", "max_macs", "max_latency_ms"):
             v = getattr(self, name)
-            if v is not None and v <= 0:
-                raise ValueError(f"{name} must be positive (or None for no limit), got {v}")
+            if v is not None and not v > 0:  # NaN too: "not a number" rather than a budget no subnet meets
+                raise ValueError(f"{name} must be a positive number (or None for no limit), got {v}")
+        distributed.resolve_device(self.device)  # a device this machine lacks: refused before any model is loaded
 
     def fitness_key(self) -> dict[str, Any]:
         """The settings a cached loss depends on; a resumed run must share them."""
@@ -467,7 +469,7 @@ def search(model: LightHuBERT, teacher: HuBERT, valid_tsv: Union[str, Path], out
         raise ValueError("search needs a supernet (LightHuBERT) checkpoint, got a fixed-shape model")
     space = model.space
     check_budgets(space, cfg)
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = distributed.resolve_device(cfg.device)
     model.to(device).eval()
     teacher = teacher.to(device).eval().requires_grad_(False)
     teacher.encoder.layerdrop = 0.0

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence, Union
 
 import numpy as np
-import yaml
-
+from . import settings
 from .model import ModelConfig
 
 def depth_map(max_depth: int, depth: int) -> tuple[int, ...]:
@@ -53,8 +52,12 @@ class SubnetConfig:
     ffn_dim: tuple  # FFN width of each kept layer
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "heads", tuple(int(h) for h in self.heads))
-        object.__setattr__(self, "ffn_dim", tuple(int(f) for f in self.ffn_dim))
+        object.__setattr__(self, "embed_dim", settings.integer("subnet embed_dim", self.embed_dim, 1))
+        for name in ("heads", "ffn_dim"):
+            values = getattr(self, name)
+            if not isinstance(values, (list, tuple)):
+                raise ValueError(f"subnet {name} must be a list with one entry per layer, got {values!r}")
+            object.__setattr__(self, name, tuple(settings.integer(f"subnet {name}[{i}]", v, 1) for i, v in enumerate(values)))
         if len(self.heads) != len(self.ffn_dim) or not self.heads:
             raise ValueError(f"heads and ffn_dim need one entry per layer, got {len(self.heads)} and {len(self.ffn_dim)}")
 
@@ -82,8 +85,10 @@ class SubnetConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown subnet key(s) {unknown}; expected {sorted(known)}")
-        n = d["layer_num"]
+        n = settings.integer("subnet layer_num", d["layer_num"], 1)
         for key in ("heads_num", "ffn_embed", "atten_dim", "slide_wsz"):
+            if key in d and not isinstance(d[key], list):
+                raise ValueError(f"subnet {key} must be a list with one entry per layer, got {d[key]!r}")
             if key in d and len(d[key]) != n:
                 raise ValueError(f"subnet {key} has {len(d[key])} entries but layer_num is {n}")
         if "atten_dim" in d:
@@ -95,7 +100,7 @@ class SubnetConfig:
                 )
         if any(w not in ("global", None) for w in d.get("slide_wsz", [])):
             raise ValueError("subnet slide_wsz must be 'global': sliding-window attention is not in any search space")
-        return cls(d["embed_dim"], tuple(d["heads_num"]), tuple(d["ffn_embed"]))
+        return cls(d["embed_dim"], d["heads_num"], d["ffn_embed"])
 
     def to_official(self, head_dim: int = 64) -> dict[str, Any]:
         return {
@@ -124,7 +129,7 @@ class SubnetConfig:
             if set(d) != ours:
                 raise ValueError(f"subnet keys {sorted(d)}: missing {sorted(ours - set(d))}, unknown {sorted(set(d) - ours)}; "
                                  "expected embed_dim, heads, ffn_dim")
-            return cls(d["embed_dim"], tuple(d["heads"]), tuple(d["ffn_dim"]))
+            return cls(d["embed_dim"], d["heads"], d["ffn_dim"])
         return cls.from_official(d, head_dim)
 
     def describe(self) -> str:
@@ -213,24 +218,26 @@ class SearchSpace:
             raise ValueError(f"unknown search-space section(s) {unknown}; expected supernet, search_space, default")
         if "search_space" not in d:
             raise ValueError("a search-space file needs a 'search_space' section")
-        model = ModelConfig.from_dict(d.get("supernet") or {})
+        model = settings.from_dict(ModelConfig, d.get("supernet") or {}, "model")
         s = d["search_space"]
-        keys = {"embed_dim", "heads", "ffn_ratio", "depth"}
-        if set(s) != keys:
-            raise ValueError(f"search_space must have exactly the keys {sorted(keys)}, got {sorted(s)}")
+        keys = {"embed_dim": "list[int]", "heads": "list[int]", "ffn_ratio": "list[float]", "depth": "list[int]"}
+        if not isinstance(s, dict) or set(s) != set(keys):
+            raise ValueError(f"search_space must be a mapping with exactly the keys {sorted(keys)}, got {s!r}")
+        choices = {k: tuple(settings.convert(f"search_space.{k}", s[k], kind)) for k, kind in keys.items()}
         default = d.get("default")
         if default is not None:
             default = SubnetConfig.parse(json.dumps(default), model.head_dim)
-        return cls(d.get("name", name), model, tuple(s["embed_dim"]), tuple(s["heads"]), tuple(float(r) for r in s["ffn_ratio"]),
-                   tuple(s["depth"]), default)
+        return cls(d.get("name", name), model, choices["embed_dim"], choices["heads"], choices["ffn_ratio"],
+                   choices["depth"], default)
 
     @classmethod
     def from_yaml(cls, path: Union[str, Path]) -> "SearchSpace":
-        with open(path) as f:
-            d = yaml.safe_load(f)
-        if not isinstance(d, dict):
-            raise ValueError(f"{path}: expected a YAML mapping with supernet / search_space sections")
-        return cls.from_dict(d, name=Path(path).stem)
+        """A space file (`from_dict`'s sections); every error is one line naming the file."""
+        d = settings.read_mapping(path)
+        try:
+            return cls.from_dict(d, name=Path(path).stem)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -263,7 +270,7 @@ class SearchSpace:
         elif spec.lstrip().startswith("{"):
             sub = SubnetConfig.parse(spec, self.model.head_dim)
         elif Path(spec).is_file():
-            sub = SubnetConfig.parse(Path(spec).read_text(), self.model.head_dim)
+            sub = SubnetConfig.parse(settings.read_text(spec, "JSON"), self.model.head_dim)
         else:
             raise ValueError(f"subnet {spec!r} is not 'default', 'max', 'min', a JSON file or a JSON object")
         self.validate(sub)

@@ -349,21 +349,18 @@ class Trainer:
         (the RNG states are gathered).
 
         Raises:
-            TrainingError: the weights are not finite (never saved as a run's result).
+            TrainingError: the weights are not finite (never saved as a run's result), or the
+                file could not be written (a full disk); says where `--resume` continues.
         """
         rng = distributed.gather_object(self._rng_state(), self.ctx)
         if not self.ctx.is_main:
             return None
         bad = [n for n, p in self.student.named_parameters() if not torch.isfinite(p).all()]
         if bad:
-            last = self.out / self.written[-1] if self.written else None
             raise TrainingError(f"the weights are not finite at step {self.step} ({len(bad)} tensors, e.g. {bad[0]}); "
-                                f"not saved. {f'The last good checkpoint is {last}' if last else 'No checkpoint was written'}: "
-                                "lower lr, raise warmup or use fp32, then --resume")
+                                f"not saved. Lower lr, raise warmup or use fp32; {self.resume_hint()}")
         path = self.out / checkpoint_name(self.step)
-        if path.name in self.written:
-            self.written.remove(path.name)
-        self.written.append(path.name)
+        written = [name for name in self.written if name != path.name] + [path.name]
         ckpt = self.recipe.save(self.student)
         ckpt["trainer"] = {
             "config": self.run_config(),
@@ -371,11 +368,18 @@ class Trainer:
             "world_size": self.ctx.world_size,
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
             "rng": rng, "skipped": self.skipped.state(), "bad_steps": self.bad_steps,
-            "overflow_steps": self.overflow_steps, "written": list(self.written),
+            "overflow_steps": self.overflow_steps, "written": written,
         }
-        checkpoint.save_file(ckpt, path)
-        self.written = self.folder.prune(self.written, self.cfg.keep_last)
+        try:
+            checkpoint.save_file(ckpt, path)
+        except checkpoint.WriteError as e:
+            raise TrainingError(f"{e}; {self.resume_hint()}") from None
+        self.written = self.folder.prune(written, self.cfg.keep_last)
         return path
+
+    def resume_hint(self) -> str:
+        """Where `--resume` continues from: the newest checkpoint this run wrote (all finite)."""
+        return f"--resume continues from {self.out / self.written[-1]}" if self.written else "no checkpoint written yet"
 
     def resume(self) -> bool:
         """Loads the newest readable `step-N.pt` in the run folder (a damaged newer one is reported
@@ -434,9 +438,7 @@ class Trainer:
         try:
             return self._run(logf, bar)
         except KeyboardInterrupt:
-            last = self.out / self.written[-1] if self.written else None
-            raise Interrupted(f"interrupted at step {self.step}; "
-                              + (f"--resume continues from {last}" if last else "no checkpoint written yet")) from None
+            raise Interrupted(f"interrupted at step {self.step}; {self.resume_hint()}") from None
         finally:
             bar.close()
             if logf:

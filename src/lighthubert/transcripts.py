@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from . import settings
+
 log = logging.getLogger(__name__)
 
 LABEL_KINDS = ("ltr", "wrd", "phn")  # the label files written beside a manifest, by suffix
@@ -79,7 +81,7 @@ def read_transcripts(root: Union[str, Path]) -> dict[str, Transcript]:
     """
     table: dict[str, Transcript] = {}
     for path in sorted(Path(root).rglob("*.trans.txt")):
-        for n, line in enumerate(path.read_text().splitlines(), start=1):
+        for n, line in enumerate(settings.read_text(path, "transcript").splitlines(), start=1):
             if not line.strip():
                 continue
             uid, _, text = line.strip().partition(" ")
@@ -193,7 +195,7 @@ def read_label_file(path: Union[str, Path], n_entries: int, manifest: Union[str,
     if not path.is_file():
         raise ValueError(f"{path}: label file not found; `lighthubert manifest` writes it beside {manifest} "
                          "for a folder in the LibriSpeech layout, or pass the file")
-    rows = path.read_text().splitlines()
+    rows = settings.read_text(path, "label").splitlines()
     if len(rows) != n_entries:
         raise ValueError(f"{path}: {len(rows)} lines but {manifest} lists {n_entries} utterances; a label file needs "
                          "one line per manifest entry, in its order (rewrite both with `lighthubert manifest`)")

@@ -68,6 +68,11 @@ class DemoConfig:
             raise ValueError(f"probe_train_hours must be >= 0 (0 = all), got {self.probe_train_hours}")
         for b in self.budgets:
             budget_fraction(b)
+        if self.test_regex is not None:
+            try:
+                re.compile(self.test_regex)
+            except re.error as e:
+                raise ValueError(f"--test-regex {self.test_regex!r} is not a valid regular expression ({e})") from None
 
     @property
     def corpus(self) -> str:

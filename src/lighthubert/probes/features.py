@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..data import SAMPLE_RATE, load_audio
-from ..extract import extract, min_samples
+from ..extract import extract, finite_features, min_samples
 from ..model import HuBERT
 from .mfcc import MFCC, MFCC_WINDOW_SECONDS, mfcc
 
@@ -45,18 +45,20 @@ class FrozenFeatures:
             progress: show a tqdm bar.
 
         Raises:
-            AudioError: a file that cannot be read or is shorter than one frame; names it.
+            AudioError: a file that cannot be read, is shorter than one frame or gives
+                non-finite features; names it.
         """
         shortest = round(MFCC_WINDOW_SECONDS * SAMPLE_RATE) if source == MFCC else min_samples(source)
         hidden: list[Tensor] = []
         bar = tqdm(total=len(paths), unit="file", desc="features", disable=not progress)
         for start in range(0, len(paths), files_per_chunk):
-            wavs = [load_audio(p, min_samples=shortest) for p in paths[start : start + files_per_chunk]]
+            chunk = paths[start : start + files_per_chunk]
+            wavs = [load_audio(p, min_samples=shortest) for p in chunk]
             if source == MFCC:
                 feats = [mfcc(w).unsqueeze(0) for w in wavs]
             else:
                 feats = extract(source, wavs, int(max_batch_seconds * SAMPLE_RATE))
-            hidden.extend(f.half() for f in feats)
+            hidden.extend(finite_features(f, w, p).half() for f, w, p in zip(feats, wavs, chunk))
             bar.update(len(wavs))
         bar.close()
         return cls(list(paths), hidden)

@@ -4,6 +4,7 @@ CSV, mean pooling over frames, and a linear or one-hidden-layer head."""
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import re
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import settings
 from .config import ProbeConfig
 from .features import Featurizer, FrozenFeatures, torch_threads
 
@@ -66,15 +68,14 @@ def _labels_from_csv(path: Path, paths: Sequence[Path], root: Path) -> list[str]
         return os.path.normpath(os.path.abspath(Path(root) / p))
 
     table: dict[str, str] = {}
-    with open(path, newline="") as f:
-        for n, row in enumerate(csv.reader(f), start=1):
-            if not row or (n == 1 and [c.strip().lower() for c in row] == ["path", "label"]):
-                continue
-            if len(row) != 2 or not row[0].strip() or not row[1].strip():
-                raise ValueError(f"{path}:{n}: expected 'path,label' with both non-empty, found {row!r}")
-            file, label = key(row[0].strip()), row[1].strip()
-            if table.setdefault(file, label) != label:
-                raise ValueError(f"{path}:{n}: {row[0].strip()} is labelled both {table[file]!r} and {label!r}")
+    for n, row in enumerate(csv.reader(io.StringIO(settings.read_text(path, "CSV"), newline="")), start=1):
+        if not row or (n == 1 and [c.strip().lower() for c in row] == ["path", "label"]):
+            continue
+        if len(row) != 2 or not row[0].strip() or not row[1].strip():
+            raise ValueError(f"{path}:{n}: expected 'path,label' with both non-empty, found {row!r}")
+        file, label = key(row[0].strip()), row[1].strip()
+        if table.setdefault(file, label) != label:
+            raise ValueError(f"{path}:{n}: {row[0].strip()} is labelled both {table[file]!r} and {label!r}")
     missing = [p for p in paths if key(p) not in table]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .. import checkpoint, convert
+from .. import settings as typed  # `settings` is the recipe's own settings object here
 from ..data import AudioDataset, Batch, normalize
 from ..losses import span_mask
 from ..model import Features, HuBERT, ModelConfig
@@ -214,7 +215,7 @@ class HuBERTRecipe:
         if init:
             raise ValueError("pretrain-teacher starts from random weights; --init is not supported (use --resume)")
         self.settings, self.seed = settings, seed
-        self.model_cfg = ModelConfig.from_dict({**ModelConfig().asdict(), **TEACHER_DEFAULTS, **settings.model})
+        self.model_cfg = typed.from_dict(ModelConfig, {**ModelConfig().asdict(), **TEACHER_DEFAULTS, **settings.model}, "model")
         receptive, hop = 1, 1
         for _, kernel, stride in self.model_cfg.conv_layers:
             receptive, hop = receptive + (kernel - 1) * hop, hop * stride
