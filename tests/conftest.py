@@ -8,6 +8,7 @@ built at most once per space per session and shared.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -47,6 +48,11 @@ def tiny_search_space(head_dim: int = 32, extractor_mode: str = "layer_norm") ->
     return SearchSpace(name="tiny", model=tiny_model_config(head_dim, extractor_mode),
                        embed_dims=(64, 96, 128), heads=tuple(range(max(1, heads - 2), heads + 1)),
                        ffn_ratios=(2.0, 3.0, 4.0), depths=(2, 3, 4))
+
+
+def tiny_front_end_space(extractor_mode: str = "layer_norm") -> SearchSpace:
+    """`tiny_search_space` with an elastic conv front end: 16, 24 or 32 channels per conv layer."""
+    return dataclasses.replace(tiny_search_space(extractor_mode=extractor_mode), name="tiny-front-end", conv_dims=(16, 24, 32))
 
 
 @torch.no_grad()
@@ -117,6 +123,17 @@ def make_tiny_supernet() -> Callable[..., LightHuBERT]:
 @pytest.fixture
 def tiny_supernet(make_tiny_supernet) -> LightHuBERT:
     return make_tiny_supernet()
+
+
+@pytest.fixture
+def make_front_end_supernet() -> Callable[..., LightHuBERT]:
+    """`make(extractor_mode="layer_norm", seed=0)` -> a tiny LightHuBERT over `tiny_front_end_space`, in eval mode."""
+
+    def make(extractor_mode: str = "layer_norm", seed: int = 0) -> LightHuBERT:
+        torch.manual_seed(seed)
+        return randomize_(LightHuBERT(tiny_front_end_space(extractor_mode)), seed + 1).eval()
+
+    return make
 
 
 def _make_wav(samples: int, seed: int = 0, batch: int = 1) -> torch.Tensor:

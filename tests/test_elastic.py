@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lighthubert.elastic import ElasticLayerNorm, ElasticLinear, ElasticPosConv, block_ranges
-from lighthubert.model import PosConv
+from lighthubert.elastic import ElasticConvBlock, ElasticLayerNorm, ElasticLinear, ElasticPosConv, block_ranges
+from lighthubert.model import ConvBlock, PosConv
 
 
 def indices(ranges: list[tuple[int, int]]) -> list[int]:
@@ -317,3 +317,43 @@ def test_pos_conv_export_is_plain_pos_conv(e):
     assert dense.weight_v.shape == (e, e // 4, 16) and dense.weight_g.shape == (1, 1, 16)
     x = torch.randn(2, 13, e)
     torch.testing.assert_close(dense(x), conv(x), rtol=0, atol=1e-5)
+
+
+# -- conv front-end block (issue 14) -----------------------------------------------------------
+def seeded_conv_block(norm: str, kernel: int, stride: int, seed: int = 0) -> ElasticConvBlock:
+    torch.manual_seed(seed)
+    block = ElasticConvBlock(32, 24, kernel, stride, norm, bias=True)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return block
+
+
+@pytest.mark.parametrize("bad", [0, 25])
+def test_conv_block_set_active_rejects_out_of_range(bad):
+    with pytest.raises(ValueError, match=r"out_channels must be in 1\.\.24"):
+        seeded_conv_block("layer_norm", 3, 2).set_active(bad)
+
+
+@pytest.mark.parametrize("norm", ["layer_norm", "group_norm", "none"])
+@pytest.mark.parametrize("kernel, stride", [(3, 2), (2, 2)])  # overlapping taps, and a plain strided view
+def test_conv_block_slice_matches_hand_sliced_conv_and_its_export(norm, kernel, stride):
+    """Against F.conv1d on the leading channels and the norm over them, in the training path
+    (conv1d) and the inference paths (cached strided products), before and after switching width."""
+    block = seeded_conv_block(norm, kernel, stride)
+    x = torch.randn(2, 40, 16)  # reads the leading 16 of 32 input channels
+    for c in (8, 24, 12):
+        block.set_active(c)
+        w, b = block.conv.weight[:c, :16], block.conv.bias[:c]
+        y = F.conv1d(x.transpose(1, 2), w, b, stride=stride)
+        if norm == "layer_norm":
+            y = F.layer_norm(y.transpose(1, 2), (c,), block.norm.weight[:c], block.norm.bias[:c]).transpose(1, 2)
+        elif norm == "group_norm":
+            y = F.group_norm(y, c, block.norm.weight[:c], block.norm.bias[:c])
+        expected = F.gelu(y).transpose(1, 2)
+        dense = block.export(16)
+        assert type(dense) is ConvBlock and dense.conv.weight.shape == (c, 16, kernel)
+        for grad in (True, False):
+            with torch.set_grad_enabled(grad):
+                torch.testing.assert_close(block(x), expected, rtol=0, atol=1e-5)
+                torch.testing.assert_close(dense(x), expected, rtol=0, atol=1e-5)

@@ -14,6 +14,8 @@ from lighthubert import settings
 from lighthubert.model import ModelConfig
 from lighthubert.space import SearchSpace, SubnetConfig, count_macs, count_params, count_subnet_params, depth_map
 
+from conftest import tiny_search_space
+
 # Official `calc_sampled_param_num` values (reference notes §3, §5).
 OFFICIAL_PARAMS = {
     ("base", "max"): 94_377_728,
@@ -331,3 +333,124 @@ def test_a_subnet_and_its_export_config_count_the_same():
     assert "supernet_embed_dim" not in standalone.asdict()  # configs of other models read as before
     with pytest.raises(ValueError, match="supernet_embed_dim 512 is below embed_dim 640"):
         dataclasses.replace(exported, supernet_embed_dim=512)
+
+
+# -- elastic conv front end (issue 14) ---------------------------------------------------------
+FRONT_END_YAML = HAND_WRITTEN.replace("  depth: [2, 3, 4]\n", "  depth: [2, 3, 4]\n  conv_dim: [32, 16, 24]\n  conv_groups: [[0], [1, 2]]\n")
+
+
+def front_end_space(groups: tuple = ()) -> SearchSpace:
+    return dataclasses.replace(tiny_search_space(), name="fe", conv_dims=(16, 24, 32), conv_groups=groups)
+
+
+def test_fixed_front_end_spaces_serialise_and_count_as_before(tiny_space):
+    """Without conv_dims nothing about a space or its subnets mentions the front end."""
+    for space in (SearchSpace.base(), SearchSpace.small(), tiny_space):
+        d = space.to_dict()
+        assert set(d["search_space"]) == {"embed_dim", "heads", "ffn_ratio", "depth"}
+        assert set(d["default"]) == {"embed_dim", "heads", "ffn_dim"}
+        assert space.conv_dims == space.conv_groups == ()
+        for sub in (space.max(), space.min(), space.sample(random.Random(0))):
+            assert sub.conv_dim == () and "conv_dim" not in sub.to_official() and " c" not in sub.describe()
+            assert space.model_config(sub).conv_layers == space.model.conv_layers
+    assert SearchSpace.base().num_subnets == 6_530_347_008
+
+
+def test_front_end_space_draws_the_transformer_as_the_fixed_space_does(tiny_space):
+    """The front end is drawn after everything else, so seeded draws keep the official order."""
+    fe = front_end_space()
+    for seed in range(5):
+        fixed, elastic = tiny_space.sample(random.Random(seed)), fe.sample(random.Random(seed))
+        assert dataclasses.replace(elastic, conv_dim=()) == fixed
+        fe.validate(elastic)
+    assert fe.num_subnets == tiny_space.num_subnets * 3**3
+    assert fe.max().conv_dim == (32, 32, 32) and fe.min().conv_dim == (16, 16, 16)  # sandwich: widest and narrowest
+    assert {c for s in range(40) for c in fe.sample(random.Random(s)).conv_dim} == {16, 24, 32}
+
+
+def test_front_end_groups_share_one_width():
+    fe = front_end_space(((0,), (1, 2)))
+    assert fe.num_subnets == front_end_space().num_subnets // 3
+    for seed in range(10):
+        conv = fe.sample(random.Random(seed)).conv_dim
+        assert conv[1] == conv[2]
+    assert fe.conv_widths([16, 32]) == (16, 32, 32)
+    with pytest.raises(ValueError, match=r"conv_dim of layers \[1, 2\] must be equal"):
+        fe.validate(SubnetConfig(64, (2, 2), (128, 128), (16, 16, 32)))
+
+
+def test_front_end_subnet_serialisation_round_trips():
+    fe = front_end_space()
+    sub = SubnetConfig(96, (3, 2), (192, 288), (16, 32, 24))
+    official = sub.to_official(32)
+    assert official["conv_dim"] == [16, 32, 24]
+    assert SubnetConfig.from_official(official, 32) == sub
+    assert SubnetConfig.parse(sub.to_json()) == sub  # to_json writes 64-dim heads' atten_dim
+    ours = {"embed_dim": 96, "heads": [3, 2], "ffn_dim": [192, 288], "conv_dim": [16, 32, 24]}
+    assert fe.subnet(ours) == sub
+    assert sub.describe() == "e96 h[3,2] f[192,288] x2 c[16,32,24]"
+    assert dataclasses.replace(sub, conv_dim=(24,) * 3).describe().endswith(" c24")
+    # a subnet that names no front end gets the widest one
+    assert fe.subnet({"embed_dim": 96, "heads": [3, 2], "ffn_dim": [192, 288]}).conv_dim == (32, 32, 32)
+
+
+def test_front_end_yaml(tmp_path):
+    path = tmp_path / "fe.yaml"
+    path.write_text(FRONT_END_YAML)
+    s = SearchSpace.from_yaml(path)
+    assert s.conv_dims == (16, 24, 32) and s.conv_groups == ((0,), (1, 2))
+    assert s.default.conv_dim == (32, 32, 32)  # the YAML default names no front end: the widest
+    assert SearchSpace.from_dict(s.to_dict(), "fe") == s
+    path.write_text(yaml.safe_dump(s.to_dict()))
+    assert SearchSpace.from_yaml(path) == s
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"conv_dims": (16, 48)}, r"conv_dim \[16, 48\] must be in 1\.\.32"),
+        ({"conv_dims": (16,), "conv_groups": ((0,), (1,))}, r"must hold each conv layer 0\.\.2 once"),
+        ({"conv_dims": (16,), "conv_groups": ((0, 1), (1, 2))}, "must hold each conv layer"),
+        ({"conv_groups": ((0, 1, 2),)}, "conv_groups needs conv_dim choices"),
+    ],
+)
+def test_front_end_space_errors_name_the_field(tiny_space, kw, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(tiny_space, **kw)
+
+
+@pytest.mark.parametrize(
+    "conv, match",
+    [
+        ((16, 16), "conv_dim has 2 entries but search space 'fe' has 3 conv layers"),
+        ((16, 20, 16), r"conv_dim\[1\] = 20 is not in search space 'fe'; allowed: \[16, 24, 32\]"),
+    ],
+)
+def test_front_end_subnet_outside_space_is_named(conv, match):
+    with pytest.raises(ValueError, match=match):
+        front_end_space().validate(SubnetConfig(64, (2, 2), (128, 128), conv))
+
+
+def test_a_front_end_choice_in_a_fixed_space_is_refused(tiny_space):
+    with pytest.raises(ValueError, match="conv front end is fixed; leave conv_dim out"):
+        tiny_space.subnet({"embed_dim": 64, "heads": [2, 2], "ffn_dim": [128, 128], "conv_dim": [16, 16, 16]})
+
+
+def test_front_end_counts_match_a_hand_computation(tiny_space):
+    """Narrowing conv layer 1 of [[32, 10, 5], [32, 3, 2], [32, 2, 2]] from 32 to 16 channels,
+    1 s of audio (3199, 1599, 799 frames after each layer): layer 1 loses 1599 x 16 x 32 x 3
+    MACs and layer 2, which reads its output, 799 x 32 x 16 x 2; parameters: 16 x 32 x 3
+    conv weights and 2 x 16 LayerNorm entries in layer 1, 32 x 16 x 2 weights in layer 2."""
+    fe = front_end_space()
+    sub = dataclasses.replace(fe.max(), conv_dim=(32, 16, 32))
+    wide, narrow = fe.model_config(fe.max()), fe.model_config(sub)
+    assert count_macs(wide) - count_macs(narrow) == 1599 * 16 * 32 * 3 + 799 * 32 * 16 * 2 == 3_274_240
+    assert count_params(wide) - count_params(narrow) == 16 * 32 * 3 + 2 * 16 + 32 * 16 * 2
+    # at full width the front end counts as in the fixed space
+    fixed = tiny_space.max()
+    assert count_subnet_params(fe, fe.max()) == count_subnet_params(tiny_space, fixed)
+    assert count_macs(wide) == count_macs(tiny_space.model_config(fixed))
+    # the last layer also feeds the feature LayerNorm and post_extract_proj (E = 128, 799 frames)
+    last = fe.model_config(dataclasses.replace(fe.max(), conv_dim=(32, 32, 16)))
+    assert count_macs(wide) - count_macs(last) == 799 * 16 * 32 * 2 + 799 * 16 * 128
+    assert count_params(wide) - count_params(last) == 16 * 32 * 2 + 2 * 16 + 2 * 16 + 16 * 128

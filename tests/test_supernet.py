@@ -262,3 +262,78 @@ def test_gradients_reach_only_the_active_slice(tiny_supernet, wav):
     assert head.weight.grad[:, e:].abs().max() == 0
     # the conv front end is shared by every subnet and always trained in full
     assert tiny_supernet.feature_extractor.conv_layers[0].conv.weight.grad.abs().min() > 0
+
+
+# -- elastic conv front end (issue 14) ---------------------------------------------------------
+FRONT_ENDS = [(16, 24, 32), (32, 16, 24), (24, 32, 16)]  # per conv layer; the last feeds post_extract_proj
+
+
+@pytest.mark.parametrize("mode", ["layer_norm", "default"])
+@pytest.mark.parametrize("conv", FRONT_ENDS)
+def test_front_end_slice_equals_a_dense_model_of_the_active_widths(make_front_end_supernet, make_wav, mode, conv):
+    """A narrow front end under the widest Transformer: every tensor of the subnet is a leading
+    slice of the supernet's, so a dense HuBERT of the active widths loaded with those slices
+    (built without `export`) is an independent reference; the export must match it too."""
+    model = make_front_end_supernet(mode)
+    sub = model.set_subnet(SubnetConfig(128, (4,) * 4, (512,) * 4, conv))
+    cfg = model.space.model_config(sub)
+    assert [c for c, _k, _s in cfg.conv_layers] == list(conv) and cfg.conv_dim == conv[-1]
+    ref = HuBERT(cfg).eval()
+    shapes = {k: v.shape for k, v in ref.state_dict().items()}
+    ref.load_state_dict({k: v[tuple(slice(0, n) for n in shapes[k])] for k, v in model.state_dict().items()}, strict=True)
+    wav = make_wav(1600)
+    with torch.no_grad():
+        got = model(wav)
+    assert got.hidden_states[0].shape == (1, 79, 128)
+    assert_features_close(got, ref(wav))
+    check_export(model, sub, wav)
+
+
+@pytest.mark.parametrize("mode", ["layer_norm", "default"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_front_end_export_matches_supernet_at_random_subnets(make_front_end_supernet, wav, mode, seed):
+    model = make_front_end_supernet(mode)
+    sub = model.space.sample(random.Random(seed))
+    assert len(sub.conv_dim) == 3
+    check_export(model, sub, wav)
+
+
+def test_front_end_padded_batch_equals_one_at_a_time_group_norm(make_front_end_supernet, make_wav):
+    """Block 0's GroupNorm over 16 of 32 channels still takes statistics over valid frames only."""
+    model = make_front_end_supernet("default")
+    model.set_subnet(SubnetConfig(96, (3,) * 3, (288,) * 3, (16, 24, 24)))
+    check_batched_equals_single(model, make_wav)
+
+
+@pytest.mark.parametrize("mode", ["layer_norm", "default"])
+def test_front_end_gradients_reach_only_the_active_channels(make_front_end_supernet, wav, mode):
+    model = make_front_end_supernet(mode)
+    conv = (16, 24, 16)
+    sub = model.set_subnet(SubnetConfig(96, (3,) * 4, (288,) * 4, conv))
+    out = model(wav)
+    (out.hidden_states[-1].pow(2).sum() + out.prediction.pow(2).sum()).backward()
+    c_in = 1
+    for block, c in zip(model.feature_extractor.conv_layers, conv):
+        g = block.conv.weight.grad
+        assert not g[c:].any() and not g[:, c_in:].any()  # exactly zero (block 0 reads the one audio channel)
+        assert (g[:c, :c_in].abs().sum((1, 2)) > 0).all()
+        if block.norm is not None:
+            for p in (block.norm.weight, block.norm.bias):
+                assert p.grad[c:].abs().max() == 0 and p.grad[:c].abs().min() > 0
+        c_in = c
+    normed = [b.norm is not None for b in model.feature_extractor.conv_layers]  # GroupNorm in block 0 only by default
+    assert normed == ([True] * 3 if mode == "layer_norm" else [True, False, False])
+    for p in (model.layer_norm.weight, model.layer_norm.bias):
+        assert p.grad[conv[-1]:].abs().max() == 0 and p.grad[: conv[-1]].abs().min() > 0
+    proj = model.post_extract_proj.weight.grad
+    assert proj[:, conv[-1]:].abs().max() == 0 and proj[sub.embed_dim:].abs().max() == 0
+    assert (proj[: sub.embed_dim, : conv[-1]].abs().sum(0) > 0).all()
+
+
+def test_fixed_front_end_spaces_keep_the_whole_front_end(tiny_supernet, wav):
+    """Without `conv_dims` every subnet runs, exports and counts the supernet's whole front end."""
+    sub = tiny_supernet.set_subnet("min")
+    assert sub.conv_dim == ()
+    assert all(b.active_out_channels == b.conv.out_channels for b in tiny_supernet.feature_extractor.conv_layers)
+    dense, cfg = tiny_supernet.export()
+    assert cfg.conv_layers == tiny_supernet.cfg.conv_layers

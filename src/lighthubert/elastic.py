@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .model import Ops, PosConv
+from .model import ConvBlock, Ops, PosConv
 
 
 def block_ranges(dim: int, other: int, total: int, blocks: int) -> list[tuple[int, int]]:
@@ -291,4 +291,53 @@ class ElasticPosConv(PosConv):
         return dense
 
 
-ELASTIC = Ops(linear=ElasticLinear, layer_norm=ElasticLayerNorm, pos_conv=ElasticPosConv)
+class ElasticConvBlock(ConvBlock):
+    """Conv front-end block whose leading output channels can be switched off.
+
+    The conv reads the leading `x.size(-1)` input channels and writes the leading
+    `active_out_channels`; the norm covers the active channels only. Both norms slice
+    exactly: a LayerNorm over the active channels is the LayerNorm of that width, and the
+    `default` mode's GroupNorm has one group per channel, so its leading channels keep their
+    own statistics. Not in the official model (issue 14): the front end is elastic only in
+    spaces with a `conv_dim` choice.
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, norm: str, bias: bool) -> None:
+        super().__init__(c_in, c_out, kernel, stride, norm, bias)
+        self.active_out_channels = c_out
+
+    def set_active(self, out_channels: int) -> None:
+        if not 0 < out_channels <= self.conv.out_channels:
+            raise ValueError(f"out_channels must be in 1..{self.conv.out_channels}, got {out_channels}")
+        self.active_out_channels = out_channels
+
+    def sliced(self, c_in: int) -> tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+        """Conv weight (C_out, c_in, k), conv bias, norm weight and bias of the active channels;
+        the parameters themselves at full width."""
+        if not 0 < c_in <= self.conv.in_channels:
+            raise ValueError(f"input width must be in 1..{self.conv.in_channels}, got {c_in}")
+        c = self.active_out_channels
+        params = (self.conv.weight, self.conv.bias, *((None, None) if self.norm is None else (self.norm.weight, self.norm.bias)))
+        if (c, c_in) == (self.conv.out_channels, self.conv.in_channels):
+            return params
+        w, *rest = params
+        return (w[:c, :c_in], *(None if p is None else p[:c] for p in rest))
+
+    def forward(self, x: Tensor, frames: Optional[Tensor] = None) -> Tensor:  # (B, N, C_in) -> (B, T, active_out_channels)
+        return self.run(x, frames, *self.sliced(x.size(-1)))
+
+    def export(self, c_in: int) -> ConvBlock:
+        w, b, norm_w, norm_b = self.sliced(c_in)
+        norm = {nn.LayerNorm: "layer_norm", nn.GroupNorm: "group_norm"}.get(type(self.norm), "none")
+        dense = ConvBlock(c_in, w.size(0), self.conv.kernel_size[0], self.conv.stride[0], norm, b is not None).to(w)
+        with torch.no_grad():  # both norms have the default eps, as ConvBlock builds them
+            dense.conv.weight.copy_(w)
+            if b is not None:
+                dense.conv.bias.copy_(b)
+            if dense.norm is not None:
+                dense.norm.weight.copy_(norm_w)
+                dense.norm.bias.copy_(norm_b)
+        return dense
+
+
+ELASTIC = Ops(linear=ElasticLinear, layer_norm=ElasticLayerNorm, pos_conv=ElasticPosConv, conv_block=ElasticConvBlock)

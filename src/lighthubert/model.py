@@ -151,7 +151,14 @@ class ConvBlock(nn.Module):
 
     def forward(self, x: Tensor, frames: Optional[Tensor] = None) -> Tensor:  # (B, N, C_in) -> (B, T, C_out)
         """`frames` (B,): valid output frames per utterance, so that GroupNorm ignores padding."""
-        w, b = self.conv.weight, self.conv.bias
+        norm = self.norm
+        return self.run(x, frames, self.conv.weight, self.conv.bias,
+                        None if norm is None else norm.weight, None if norm is None else norm.bias)
+
+    def run(self, x: Tensor, frames: Optional[Tensor], w: Tensor, b: Optional[Tensor], norm_weight: Optional[Tensor],
+            norm_bias: Optional[Tensor]) -> Tensor:
+        """conv -> norm -> GELU with the given weights: this block's own, or (the elastic
+        block) their leading channels, (C_out, C_in, k) conv and (C_out,) norm weights."""
         k, s = self.conv.kernel_size[0], self.conv.stride[0]
         bsz, n, c = x.shape
         t = (n - k) // s + 1
@@ -175,24 +182,25 @@ class ConvBlock(nn.Module):
             for j in range(1, k):
                 y.baddbmm_(x[:, j : j + s * (t - 1) + 1 : s], taps[j].expand(bsz, -1, -1))
         if isinstance(self.norm, nn.LayerNorm):  # in float32, as fairseq's Fp32LayerNorm
-            y = F.layer_norm(y.float(), self.norm.normalized_shape, self.norm.weight.float(), self.norm.bias.float(), self.norm.eps).type_as(y)
+            y = F.layer_norm(y.float(), (y.size(-1),), norm_weight.float(), norm_bias.float(), self.norm.eps).type_as(y)
         elif isinstance(self.norm, nn.GroupNorm):
-            y = self._channel_norm(y.float(), frames).type_as(y)
+            y = self._channel_norm(y.float(), frames, norm_weight.float(), norm_bias.float()).type_as(y)
         return F.gelu(y) if y.requires_grad else torch.ops.aten.gelu_(y)  # in place when no backward needs y
 
-    def _channel_norm(self, y: Tensor, frames: Optional[Tensor]) -> Tensor:
+    def _channel_norm(self, y: Tensor, frames: Optional[Tensor], weight: Tensor, bias: Tensor) -> Tensor:
         """GroupNorm(C, C) (fairseq's Fp32GroupNorm) over each utterance's valid frames only.
 
         fairseq and transformers normalise over the padding too, so their padded batches
         differ from one utterance at a time; statistics over `frames` make the two equal.
+        One group per channel, so the leading channels' statistics are those of the full norm.
         """
         if frames is None:
-            return F.group_norm(y.transpose(1, 2), self.norm.num_groups, self.norm.weight.float(), self.norm.bias.float(), self.norm.eps).transpose(1, 2)
+            return F.group_norm(y.transpose(1, 2), y.size(-1), weight, bias, self.norm.eps).transpose(1, 2)
         valid = (torch.arange(y.size(1), device=y.device)[None, :] < frames[:, None]).unsqueeze(-1).to(y.dtype)
         count = valid.sum(1, keepdim=True).clamp(min=1)
         mean = (y * valid).sum(1, keepdim=True) / count
         var = ((y - mean).square() * valid).sum(1, keepdim=True) / count
-        return (y - mean) * torch.rsqrt(var + self.norm.eps) * self.norm.weight.float() + self.norm.bias.float()
+        return (y - mean) * torch.rsqrt(var + self.norm.eps) * weight + bias
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -205,12 +213,12 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 class FeatureExtractor(nn.Module):
     """wav2vec 2.0 / HuBERT conv front end: waveform (B, N) -> frames (B, T, C)."""
 
-    def __init__(self, conv_layers: list, mode: str, bias: bool) -> None:
+    def __init__(self, conv_layers: list, mode: str, bias: bool, block: Callable[..., ConvBlock] = ConvBlock) -> None:
         super().__init__()
         blocks, c_in = [], 1
         for i, (c, k, s) in enumerate(conv_layers):
             norm = "layer_norm" if mode == "layer_norm" else ("group_norm" if i == 0 else "none")
-            blocks.append(ConvBlock(c_in, c, k, s, norm, bias))
+            blocks.append(block(c_in, c, k, s, norm, bias))
             c_in = c
         self.conv_layers = nn.ModuleList(blocks)
 
@@ -279,6 +287,7 @@ class Ops:
     linear: Callable[..., nn.Linear] = dense_linear
     layer_norm: Callable[..., nn.LayerNorm] = nn.LayerNorm
     pos_conv: Callable[..., PosConv] = PosConv
+    conv_block: Callable[..., ConvBlock] = ConvBlock
 
 
 DENSE = Ops()
@@ -415,8 +424,8 @@ class HuBERT(nn.Module):
     def __init__(self, cfg: ModelConfig, ops: Ops = DENSE) -> None:
         super().__init__()
         self.cfg = cfg
-        self.feature_extractor = FeatureExtractor(cfg.conv_layers, cfg.extractor_mode, cfg.conv_bias)
-        self.layer_norm = nn.LayerNorm(cfg.conv_dim) if cfg.feature_layer_norm else None
+        self.feature_extractor = FeatureExtractor(cfg.conv_layers, cfg.extractor_mode, cfg.conv_bias, ops.conv_block)
+        self.layer_norm = ops.layer_norm(cfg.conv_dim) if cfg.feature_layer_norm else None
         self.post_extract_proj = ops.linear(cfg.conv_dim, cfg.embed_dim)
         self.dropout_input = nn.Dropout(cfg.dropout_input)
         self.mask_emb = nn.Parameter(torch.rand(cfg.embed_dim))

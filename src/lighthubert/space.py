@@ -1,8 +1,10 @@
 """Search spaces, subnet configs, sampling, depth maps, and parameter / MAC counts.
 
 A `SearchSpace` pairs the supernet's maximum shape (a `ModelConfig`) with the choices a
-subnet may take: embed dim, heads and FFN ratio per layer, and depth. The official spaces
-(`base`, `small`; reference notes §3) share one 768-wide, 12-layer supernet.
+subnet may take: embed dim, heads and FFN ratio per layer, and depth; optionally (issue 14)
+the channels of the conv front end, one choice per group of conv layers. The official spaces
+(`base`, `small`; reference notes §3) share one 768-wide, 12-layer supernet and keep the
+front end fixed.
 """
 
 from __future__ import annotations
@@ -44,16 +46,18 @@ class SubnetConfig:
 
     Frozen so that it can key caches. The official dict (`atten_dim`, `embed_dim`,
     `ffn_embed`, `heads_num`, `layer_num`, `slide_wsz`) is read and written by
-    `from_official` / `to_official`.
+    `from_official` / `to_official`; `conv_dim` joins it only when set, so the subnets of
+    spaces with a fixed front end serialise as the official code writes them.
     """
 
     embed_dim: int  # width of every layer's input and output
     heads: tuple  # attention heads of each kept layer
     ffn_dim: tuple  # FFN width of each kept layer
+    conv_dim: tuple = ()  # channels of each conv front-end layer; () where the space's front end is fixed
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "embed_dim", settings.integer("subnet embed_dim", self.embed_dim, 1))
-        for name in ("heads", "ffn_dim"):
+        for name in ("heads", "ffn_dim", "conv_dim"):
             values = getattr(self, name)
             if not isinstance(values, (list, tuple)):
                 raise ValueError(f"subnet {name} must be a list with one entry per layer, got {values!r}")
@@ -81,7 +85,7 @@ class SubnetConfig:
         missing = [k for k in required if k not in d]
         if missing:
             raise ValueError(f"subnet is missing {missing}; expected the keys {list(required)} (+ atten_dim, slide_wsz)")
-        known = set(required) | {"atten_dim", "slide_wsz", "ffn_ratio"}
+        known = set(required) | {"atten_dim", "slide_wsz", "ffn_ratio", "conv_dim"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown subnet key(s) {unknown}; expected {sorted(known)}")
@@ -100,10 +104,11 @@ class SubnetConfig:
                 )
         if any(w not in ("global", None) for w in d.get("slide_wsz", [])):
             raise ValueError("subnet slide_wsz must be 'global': sliding-window attention is not in any search space")
-        return cls(d["embed_dim"], d["heads_num"], d["ffn_embed"])
+        return cls(d["embed_dim"], d["heads_num"], d["ffn_embed"], d.get("conv_dim", ()))
 
     def to_official(self, head_dim: int = 64) -> dict[str, Any]:
-        return {
+        """The official subnet dict, plus `conv_dim` (not an official key) when it is set."""
+        d = {
             "atten_dim": [head_dim * h for h in self.heads],
             "embed_dim": self.embed_dim,
             "ffn_embed": list(self.ffn_dim),
@@ -111,13 +116,16 @@ class SubnetConfig:
             "layer_num": self.depth,
             "slide_wsz": ["global"] * self.depth,
         }
+        if self.conv_dim:
+            d["conv_dim"] = list(self.conv_dim)
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_official())
 
     @classmethod
     def parse(cls, text: str, head_dim: int = 64) -> "SubnetConfig":
-        """Reads a JSON object (official dict, or ours: embed_dim/heads/ffn_dim) from a string."""
+        """Reads a JSON object (official dict, or ours: embed_dim/heads/ffn_dim[/conv_dim]) from a string."""
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
@@ -125,18 +133,23 @@ class SubnetConfig:
         if not isinstance(d, dict):
             raise ValueError(f"subnet JSON must be an object, got {type(d).__name__}")
         if "heads" in d or "ffn_dim" in d:
-            ours = {"embed_dim", "heads", "ffn_dim"}
-            if set(d) != ours:
-                raise ValueError(f"subnet keys {sorted(d)}: missing {sorted(ours - set(d))}, unknown {sorted(set(d) - ours)}; "
-                                 "expected embed_dim, heads, ffn_dim")
-            return cls(d["embed_dim"], d["heads"], d["ffn_dim"])
+            ours, optional = {"embed_dim", "heads", "ffn_dim"}, {"conv_dim"}
+            if not ours <= set(d) <= ours | optional:
+                raise ValueError(f"subnet keys {sorted(d)}: missing {sorted(ours - set(d))}, "
+                                 f"unknown {sorted(set(d) - ours - optional)}; expected embed_dim, heads, ffn_dim (and conv_dim)")
+            return cls(d["embed_dim"], d["heads"], d["ffn_dim"], d.get("conv_dim", ()))
         return cls.from_official(d, head_dim)
 
     def describe(self) -> str:
-        """Short text such as `e640 h10 f2560 x12` (uniform) or `e640 h[8,10,...] f[...] x12`."""
-        h = str(self.heads[0]) if len(set(self.heads)) == 1 else "[" + ",".join(map(str, self.heads)) + "]"
-        f = str(self.ffn_dim[0]) if len(set(self.ffn_dim)) == 1 else "[" + ",".join(map(str, self.ffn_dim)) + "]"
-        return f"e{self.embed_dim} h{h} f{f} x{self.depth}"
+        """Short text such as `e640 h10 f2560 x12` (uniform) or `e640 h[8,10,...] f[...] x12`,
+        then the front end (`c256`, `c[128,256,...]`) when `conv_dim` is set."""
+        text = f"e{self.embed_dim} h{_compact(self.heads)} f{_compact(self.ffn_dim)} x{self.depth}"
+        return f"{text} c{_compact(self.conv_dim)}" if self.conv_dim else text
+
+
+def _compact(values: tuple) -> str:
+    """`10` when every value is 10, else `[8,10,...]`; for `describe`."""
+    return str(values[0]) if len(set(values)) == 1 else "[" + ",".join(map(str, values)) + "]"
 
 
 @dataclass(frozen=True)
@@ -145,6 +158,13 @@ class SearchSpace:
 
     `ffn_dim` of a layer is `int(ratio * embed_dim)` for a ratio in `ffn_ratios`, as the
     official sampler computes it.
+
+    The conv front end is elastic only where `conv_dims` is given (issue 14; the official
+    spaces keep it fixed): every conv layer takes its leading channels, one choice of
+    `conv_dims` per group of `conv_groups` (default: one group per layer, as heads and FFN
+    widths are per layer). Per layer by default because the layers cost very unequal MACs
+    (in HuBERT's front end layer 1 does half of them, layers 5-6 about 3%), so a MAC budget is
+    best met by narrowing the costly layers; groups tie layers to keep the space small.
     """
 
     name: str  # "base", "small" or a custom name
@@ -154,6 +174,8 @@ class SearchSpace:
     ffn_ratios: tuple  # choices of FFN ratio per layer
     depths: tuple  # choices of depth
     default: SubnetConfig = field(default=None)  # the space's named default subnet (None: the max)
+    conv_dims: tuple = ()  # choices of channels per conv-layer group (empty: the front end is fixed)
+    conv_groups: tuple = ()  # conv layers that share one choice, e.g. ((0,), (1, 2, 3, 4), (5, 6)); empty: one per layer
 
     def __post_init__(self) -> None:
         for name in ("embed_dims", "heads", "ffn_ratios", "depths"):
@@ -176,10 +198,29 @@ class SearchSpace:
                 raise ValueError(f"search space {self.name!r}: {name} {getattr(self, name)} must be {allowed}")
         if m.ffn_dim[0] % m.embed_dim:
             raise ValueError(f"search space {self.name!r}: the supernet FFN width {m.ffn_dim[0]} must be a multiple of embed_dim {m.embed_dim}")
+        self._check_front_end()
         if self.default is None:
             object.__setattr__(self, "default", self.max())
         else:
+            object.__setattr__(self, "default", self._with_front_end(self.default))
             self.validate(self.default)
+
+    def _check_front_end(self) -> None:
+        """Sorts `conv_dims`, fills in the default `conv_groups` and checks both."""
+        layers = len(self.model.conv_layers)
+        dims = tuple(sorted(self.conv_dims))
+        groups = tuple(tuple(g) for g in self.conv_groups) or (tuple((i,) for i in range(layers)) if dims else ())
+        object.__setattr__(self, "conv_dims", dims)
+        object.__setattr__(self, "conv_groups", groups)
+        if groups and not dims:
+            raise ValueError(f"search space {self.name!r}: conv_groups needs conv_dim choices")
+        narrowest = min((c for c, _k, _s in self.model.conv_layers), default=0)
+        if dims and not 0 < dims[0] <= dims[-1] <= narrowest:
+            raise ValueError(f"search space {self.name!r}: conv_dim {list(dims)} must be in 1..{narrowest} "
+                             "(the narrowest supernet conv layer)")
+        if groups and (sorted(i for g in groups for i in g) != list(range(layers)) or not all(groups)):
+            raise ValueError(f"search space {self.name!r}: conv_groups {[list(g) for g in groups]} must hold each "
+                             f"conv layer 0..{layers - 1} once, in non-empty groups")
 
     @property
     def title(self) -> str:
@@ -212,7 +253,8 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], name: str = "custom") -> "SearchSpace":
-        """Reads `{supernet: ModelConfig fields, search_space: {embed_dim, heads, ffn_ratio, depth}, default: subnet}`."""
+        """Reads `{supernet: ModelConfig fields, search_space: {embed_dim, heads, ffn_ratio, depth[, conv_dim,
+        conv_groups]}, default: subnet}`."""
         unknown = sorted(set(d) - {"name", "supernet", "search_space", "default"})
         if unknown:
             raise ValueError(f"unknown search-space section(s) {unknown}; expected supernet, search_space, default")
@@ -221,14 +263,17 @@ class SearchSpace:
         model = settings.from_dict(ModelConfig, d.get("supernet") or {}, "model")
         s = d["search_space"]
         keys = {"embed_dim": "list[int]", "heads": "list[int]", "ffn_ratio": "list[float]", "depth": "list[int]"}
-        if not isinstance(s, dict) or set(s) != set(keys):
-            raise ValueError(f"search_space must be a mapping with exactly the keys {sorted(keys)}, got {s!r}")
-        choices = {k: tuple(settings.convert(f"search_space.{k}", s[k], kind)) for k, kind in keys.items()}
+        optional = {"conv_dim": "list[int]", "conv_groups": "list[list[int]]"}
+        if not isinstance(s, dict) or not set(keys) <= set(s) <= set(keys) | set(optional):
+            raise ValueError(f"search_space must be a mapping with exactly the keys {sorted(keys)} "
+                             f"(and optionally {sorted(optional)}), got {s!r}")
+        choices = {k: tuple(settings.convert(f"search_space.{k}", s[k], kind) if k in s else ())
+                   for k, kind in {**keys, **optional}.items()}
         default = d.get("default")
         if default is not None:
             default = SubnetConfig.parse(json.dumps(default), model.head_dim)
         return cls(d.get("name", name), model, choices["embed_dim"], choices["heads"], choices["ffn_ratio"],
-                   choices["depth"], default)
+                   choices["depth"], default, choices["conv_dim"], choices["conv_groups"])
 
     @classmethod
     def from_yaml(cls, path: Union[str, Path]) -> "SearchSpace":
@@ -240,24 +285,41 @@ class SearchSpace:
             raise ValueError(f"{path}: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "supernet": self.model.asdict(),
-            "search_space": {"embed_dim": list(self.embed_dims), "heads": list(self.heads),
-                             "ffn_ratio": list(self.ffn_ratios), "depth": list(self.depths)},
-            "default": {"embed_dim": self.default.embed_dim, "heads": list(self.default.heads),
-                        "ffn_dim": list(self.default.ffn_dim)},
-        }
+        """The `from_dict` sections; the front-end keys only in a space that has them."""
+        space = {"embed_dim": list(self.embed_dims), "heads": list(self.heads), "ffn_ratio": list(self.ffn_ratios),
+                 "depth": list(self.depths)}
+        default = {"embed_dim": self.default.embed_dim, "heads": list(self.default.heads), "ffn_dim": list(self.default.ffn_dim)}
+        if self.conv_dims:
+            space.update(conv_dim=list(self.conv_dims), conv_groups=[list(g) for g in self.conv_groups])
+            default["conv_dim"] = list(self.default.conv_dim)
+        return {"name": self.name, "supernet": self.model.asdict(), "search_space": space, "default": default}
 
     # -- subnets -------------------------------------------------------------------------------
-    def _subnet(self, e: int, h: int, r: float, d: int) -> SubnetConfig:
-        return SubnetConfig(e, (h,) * d, (int(r * e),) * d)
+    def _subnet(self, e: int, h: int, r: float, d: int, c: int) -> SubnetConfig:
+        return SubnetConfig(e, (h,) * d, (int(r * e),) * d, (c,) * len(self.model.conv_layers) if self.conv_dims else ())
 
     def max(self) -> SubnetConfig:
-        return self._subnet(max(self.embed_dims), max(self.heads), max(self.ffn_ratios), max(self.depths))
+        return self._subnet(max(self.embed_dims), max(self.heads), max(self.ffn_ratios), max(self.depths),
+                            max(self.conv_dims, default=0))
 
     def min(self) -> SubnetConfig:
-        return self._subnet(min(self.embed_dims), min(self.heads), min(self.ffn_ratios), min(self.depths))
+        return self._subnet(min(self.embed_dims), min(self.heads), min(self.ffn_ratios), min(self.depths),
+                            min(self.conv_dims, default=0))
+
+    def conv_widths(self, per_group: Sequence[int]) -> tuple[int, ...]:
+        """Per-layer channels from one width per `conv_groups` entry (what the search genome holds)."""
+        widths = [0] * len(self.model.conv_layers)
+        for group, c in zip(self.conv_groups, per_group, strict=True):
+            for i in group:
+                widths[i] = c
+        return tuple(widths)
+
+    def _with_front_end(self, sub: SubnetConfig) -> SubnetConfig:
+        """`sub` with the widest front end when it names none (e.g. an official subnet dict) in
+        a space whose front end is elastic; otherwise `sub` itself."""
+        if self.conv_dims and not sub.conv_dim:
+            return dataclasses.replace(sub, conv_dim=self.max().conv_dim)
+        return sub
 
     def subnet(self, spec: Union[str, SubnetConfig, dict]) -> SubnetConfig:
         """Resolves `default`, `max`, `min`, a JSON file, a JSON string or a dict; validated."""
@@ -273,6 +335,7 @@ class SearchSpace:
             sub = SubnetConfig.parse(settings.read_text(spec, "JSON"), self.model.head_dim)
         else:
             raise ValueError(f"subnet {spec!r} is not 'default', 'max', 'min', a JSON file or a JSON object")
+        sub = self._with_front_end(sub)
         self.validate(sub)
         return sub
 
@@ -292,32 +355,53 @@ class SearchSpace:
                     f"ffn_dim[{i}] = {f} is not in {self.title} for embed_dim {sub.embed_dim}; "
                     f"allowed: {allowed_ffn} (ratios {list(self.ffn_ratios)})"
                 )
+        if not self.conv_dims:
+            if sub.conv_dim:
+                raise ValueError(f"conv_dim {list(sub.conv_dim)} is not a dimension of {self.title}: its conv front end "
+                                 "is fixed; leave conv_dim out")
+            return
+        if len(sub.conv_dim) != len(self.model.conv_layers):
+            raise ValueError(f"conv_dim has {len(sub.conv_dim)} entries but {self.title} has "
+                             f"{len(self.model.conv_layers)} conv layers; give one width per layer")
+        for i, c in enumerate(sub.conv_dim):
+            if c not in self.conv_dims:
+                raise ValueError(f"conv_dim[{i}] = {c} is not in {self.title}; allowed: {list(self.conv_dims)}")
+        for group in self.conv_groups:
+            if len({sub.conv_dim[i] for i in group}) > 1:
+                raise ValueError(f"conv_dim of layers {list(group)} must be equal in {self.title} (one conv_groups "
+                                 f"entry), got {[sub.conv_dim[i] for i in group]}")
 
     def sample(self, rng: random.Random) -> SubnetConfig:
-        """Uniform sample in the official order (depth, embed, FFN ratio per layer, heads per layer).
+        """Uniform sample in the official order (depth, embed, FFN ratio per layer, heads per
+        layer), then a front-end width per conv group where the space has them.
 
         With `rng = random.Random(s)` it draws what the official `sample_subnet()` draws after
-        `random.seed(s)`.
+        `random.seed(s)`; the front end is drawn last, so that stays true.
         """
         d = rng.choice(self.depths)
         e = rng.choice(self.embed_dims)
         ffn = tuple(int(rng.choice(self.ffn_ratios) * e) for _ in range(d))
         heads = tuple(rng.choice(self.heads) for _ in range(d))
-        return SubnetConfig(e, heads, ffn)
+        conv = self.conv_widths([rng.choice(self.conv_dims) for _ in self.conv_groups]) if self.conv_dims else ()
+        return SubnetConfig(e, heads, ffn, conv)
 
     @property
     def num_subnets(self) -> int:
-        """len(embed) * sum over depths d of (len(ratios) * len(heads))^d."""
-        return len(self.embed_dims) * sum((len(self.ffn_ratios) * len(self.heads)) ** d for d in self.depths)
+        """len(embed) * sum over depths d of (len(ratios) * len(heads))^d, times
+        len(conv_dims)^groups with an elastic front end."""
+        transformer = len(self.embed_dims) * sum((len(self.ffn_ratios) * len(self.heads)) ** d for d in self.depths)
+        return transformer * len(self.conv_dims) ** len(self.conv_groups) if self.conv_dims else transformer
 
     def kept_layers(self, depth: int) -> tuple[int, ...]:
         return depth_map(self.model.depth, depth)
 
     def model_config(self, sub: SubnetConfig) -> ModelConfig:
         """The `ModelConfig` of the dense model that `sub` exports to; it records the
-        supernet's width, so that the export counts as many parameters as the subnet."""
-        return dataclasses.replace(self.model, embed_dim=sub.embed_dim, heads=list(sub.heads), ffn_dim=list(sub.ffn_dim),
-                                   supernet_embed_dim=self.model.embed_dim)
+        supernet's width, so that the export counts as many parameters as the subnet. Its
+        `conv_layers` carry the subnet's front-end channels, so counts include them."""
+        conv = [[c, k, s] for c, (_c, k, s) in zip(sub.conv_dim, self.model.conv_layers)] or self.model.conv_layers
+        return dataclasses.replace(self.model, conv_layers=conv, embed_dim=sub.embed_dim, heads=list(sub.heads),
+                                   ffn_dim=list(sub.ffn_dim), supernet_embed_dim=self.model.embed_dim)
 
 
 # -- counting ------------------------------------------------------------------------------------

@@ -36,6 +36,9 @@ class LightHuBERT(HuBERT):
         """
         sub = self.space.subnet(subnet)
         e, head_dim = sub.embed_dim, self.cfg.head_dim
+        full = [c for c, _k, _s in self.cfg.conv_layers]
+        for block, c in zip(self.feature_extractor.conv_layers, sub.conv_dim or full):
+            block.set_active(c)  # a space whose front end is fixed runs it at full width
         self.post_extract_proj.set_active(e)
         kept = self.space.kept_layers(sub.depth)
         for i, h, f in zip(kept, sub.heads, sub.ffn_dim):
@@ -66,11 +69,13 @@ class LightHuBERT(HuBERT):
         sub = self.subnet
         cfg = self.space.model_config(sub)
         dense = HuBERT(cfg).to(self.mask_emb)
-        e = sub.embed_dim
-        dense.feature_extractor.load_state_dict(self.feature_extractor.state_dict())
+        e, c_in = sub.embed_dim, 1
+        for i, block in enumerate(self.feature_extractor.conv_layers):
+            dense.feature_extractor.conv_layers[i] = block.export(c_in)
+            c_in = block.active_out_channels
         if self.layer_norm is not None:
-            dense.layer_norm.load_state_dict(self.layer_norm.state_dict())
-        dense.post_extract_proj = self.post_extract_proj.export(self.cfg.conv_dim)
+            dense.layer_norm = self.layer_norm.export(cfg.conv_dim)
+        dense.post_extract_proj = self.post_extract_proj.export(cfg.conv_dim)
         dense.mask_emb.copy_(self.mask_emb[:e])
         dense.encoder.pos_conv[0] = self.encoder.pos_conv[0].export(e)
         dense.encoder.layer_norm = self.encoder.layer_norm.export(e)
