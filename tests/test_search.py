@@ -228,3 +228,43 @@ def test_search_takes_its_fitness_from_the_supernets_training_run(train_setup, t
     assert json.loads((tmp_path / "b" / "search.json").read_text())["fitness"]["mask_length"] == 4
     assert main(base + ["--out", str(tmp_path / "c"), "--target-layers", "9"]) == 2
     assert not (tmp_path / "c").exists()
+
+
+# -- an elastic conv front end (issue 14) -------------------------------------------------------
+def test_genome_carries_the_front_end(tiny_space):
+    """One gene per conv group after the depth gene; the fixed space's genome is unchanged."""
+    fe = dataclasses.replace(tiny_space, conv_dims=(16, 24, 32), conv_groups=((0,), (1, 2)))
+    codec, rng = GenomeCodec(fe), random.Random(0)
+    layers = max(fe.depths)
+    assert len(codec.sizes) == 2 * layers + 2 + 2 == len(GenomeCodec(tiny_space).sizes) + 2
+    seen = set()
+    for _ in range(200):
+        a, b = codec.random(rng), codec.random(rng)
+        for g in (a, codec.mutate(a, rng, 0.5), codec.crossover(a, b, rng), codec.shrink(a, rng) or a):
+            sub = codec.decode(g)
+            fe.validate(sub)
+            assert sub.conv_dim == fe.conv_widths([fe.conv_dims[i] for i in g[-2:]])
+            seen.add(sub.conv_dim)
+    assert len(seen) == 9
+    assert codec.decode(codec.minimum()) == fe.min()
+    top = codec.minimum()[:-2] + (2, 2)
+    assert codec.shrink(top, rng)[-2:] in ((1, 2), (2, 1))  # front-end genes are active: a budget can lower them
+
+
+def test_a_mac_budget_reaches_the_front_end(setup, train_setup, tmp_path):
+    """Below the fixed-front-end min subnet's MACs only narrower front ends are feasible."""
+    model, teacher, space = setup
+    fe = dataclasses.replace(space, conv_dims=(8, 16, 32))
+    limit = count_macs(space.model_config(space.min())) - 1
+    with pytest.raises(ValueError, match="max_macs"):
+        check_budgets(space, SearchConfig(max_macs=limit))
+    check_budgets(fe, SearchConfig(max_macs=limit))
+    supernet = LightHuBERT(fe).eval()
+    supernet.load_state_dict(model.state_dict())
+    result = search(supernet, teacher, train_setup / "valid.tsv", tmp_path, SearchConfig(**{**FAST, "max_macs": limit}),
+                    progress=False)
+    for rec in result.history:
+        sub = SubnetConfig.from_official(rec["subnet"], space.model.head_dim)
+        fe.validate(sub)
+        assert rec["macs"] == count_macs(fe.model_config(sub)) <= limit and min(sub.conv_dim) < 32
+    assert result.best.conv_dim and " c" in result.best.describe()

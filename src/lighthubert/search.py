@@ -4,8 +4,10 @@ The deleted official scripts (reference notes §10.2) minimise the distillation 
 loss of a trained supernet under a parameter budget, with a genome of
 `[embed] + [ffn_ratio] * max_depth + [heads] * max_depth + [depth]` choice indices. We keep
 that genome and fitness, add MAC and latency budgets (latency measured on each subnet's
-exported dense model, the one users deploy), and write every evaluation to
-`history.jsonl` so that a rerun with `resume=True` continues where the last one stopped.
+exported dense model, the one users deploy), append one gene per conv group where the
+space's front end is elastic (so those budgets reach the front end), and write every
+evaluation to `history.jsonl` so that a rerun with `resume=True` continues where the last
+one stopped.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from .supernet import LightHuBERT
 
 log = logging.getLogger(__name__)
 
-Genome = tuple  # (embed_idx, heads_idx * L, ratio_idx * L, depth_idx), L = max depth of the space
+Genome = tuple  # (embed_idx, heads_idx * L, ratio_idx * L, depth_idx, conv_idx * G), L = max depth, G = conv groups
 
 
 @dataclass
@@ -113,14 +115,20 @@ def training_fitness(ckpt: dict[str, Any]) -> dict[str, Any]:
 
 # -- genome --------------------------------------------------------------------------------------
 class GenomeCodec:
-    """Integer genomes over a `SearchSpace`; decoding keeps the first `depth` per-layer genes."""
+    """Integer genomes over a `SearchSpace`; decoding keeps the first `depth` per-layer genes.
+
+    The front-end genes (one per conv group, none in a space with a fixed front end) come
+    after the depth gene, so the official part of the genome keeps its layout.
+    """
 
     def __init__(self, space: SearchSpace) -> None:
         self.space = space
         self.layers = max(space.depths)
-        # choices per gene: embed, heads x L, ratio x L, depth
+        self.depth_gene = 1 + 2 * self.layers
+        # choices per gene: embed, heads x L, ratio x L, depth, conv width x G
         self.sizes = ((len(space.embed_dims),) + (len(space.heads),) * self.layers
-                      + (len(space.ffn_ratios),) * self.layers + (len(space.depths),))
+                      + (len(space.ffn_ratios),) * self.layers + (len(space.depths),)
+                      + (len(space.conv_dims),) * len(space.conv_groups))
 
     def random(self, rng: random.Random) -> Genome:
         return tuple(rng.randrange(n) for n in self.sizes)
@@ -130,15 +138,16 @@ class GenomeCodec:
 
     def decode(self, g: Genome) -> SubnetConfig:
         s, n = self.space, self.layers
-        e, d = s.embed_dims[g[0]], s.depths[g[-1]]
+        e, d = s.embed_dims[g[0]], s.depths[g[self.depth_gene]]
         heads = tuple(s.heads[i] for i in g[1 : 1 + d])
         ffn = tuple(int(s.ffn_ratios[i] * e) for i in g[1 + n : 1 + n + d])
-        return SubnetConfig(e, heads, ffn)
+        conv = s.conv_widths([s.conv_dims[i] for i in g[self.depth_gene + 1 :]]) if s.conv_dims else ()
+        return SubnetConfig(e, heads, ffn, conv)
 
     def active(self, g: Genome) -> list[int]:
         """Gene positions that change the decoded subnet."""
-        n, d = self.layers, self.space.depths[g[-1]]
-        return [0, *range(1, 1 + d), *range(1 + n, 1 + n + d), len(self.sizes) - 1]
+        n, d = self.layers, self.space.depths[g[self.depth_gene]]
+        return [0, *range(1, 1 + d), *range(1 + n, 1 + n + d), *range(self.depth_gene, len(self.sizes))]
 
     def mutate(self, g: Genome, rng: random.Random, prob: float) -> Genome:
         return tuple(rng.randrange(n) if rng.random() < prob else x for x, n in zip(g, self.sizes))
