@@ -5,6 +5,7 @@ Each export must reproduce the supernet's sliced forward on the same audio withi
 """
 
 import ast
+import dataclasses
 import json
 import os
 import random
@@ -252,3 +253,63 @@ def test_missing_onnx_package_names_the_extra(tiny, tmp_path, capsys, monkeypatc
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"lighthubert: error: ONNX export needs {missing}, which is not installed: pip install 'lighthubert[onnx]'"]
     assert not (tmp_path / "m.onnx").exists()
+
+
+# -- an elastic conv front end (issue 14) -------------------------------------------------------
+NARROW = SubnetConfig(128, (4,) * 3, (384,) * 3, (16, 24, 16))  # uniform, so transformers' HubertModel holds it
+
+
+@pytest.fixture
+def front_end(make_front_end_supernet):
+    return make_front_end_supernet()
+
+
+def test_compact_writes_the_narrow_front_end(front_end, tmp_path):
+    export_subnet(front_end, tmp_path / "c", "compact", NARROW)
+    meta = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert [c[0] for c in meta["model"]["conv_layers"]] == [16, 24, 16] and meta["subnet"]["conv_dim"] == [16, 24, 16]
+    loaded = lighthubert.load(tmp_path / "c")
+    assert loaded.feature_extractor.conv_layers[1].conv.weight.shape == (24, 16, 3)
+    wav, lengths = torch.randn(2, 3000), torch.tensor([3000, 2100])
+    front_end.set_subnet(NARROW)
+    torch.testing.assert_close(supernet_outputs(loaded, wav, lengths), supernet_outputs(front_end, wav, lengths), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["layer_norm", "default"])
+def test_hf_writes_the_narrow_front_end_as_conv_dim(make_front_end_supernet, tmp_path, mode):
+    model = make_front_end_supernet(mode)
+    export_subnet(model, tmp_path / "hf", "hf", NARROW)
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["architectures"] == ["HubertModel"] and config["conv_dim"] == [16, 24, 16]
+    wav = torch.randn(1, 4000)
+    out = _hf_outputs(tmp_path / "hf", wav)
+    ours = supernet_outputs(model, wav)
+    for i in range(1, len(out.hidden_states)):  # transformers' 0 is the encoder input after pos-conv, ours before
+        torch.testing.assert_close(out.hidden_states[i], ours[i], atol=ATOL, rtol=0)
+
+
+@pytest.mark.slow  # about 13 s on a loaded 2-core machine: the exporter
+def test_onnx_writes_the_narrow_front_end(front_end, tmp_path):
+    pytest.importorskip("onnxscript")
+    sub = dataclasses.replace(nonuniform(front_end.space, seed=1), conv_dim=(24, 16, 16))
+    export_subnet(front_end, tmp_path / "m.onnx", "onnx", sub)
+    wav, lengths = torch.randn(2, 3000), torch.tensor([3000, 2600])
+    np.testing.assert_allclose(_onnx_run(tmp_path / "m.onnx", wav, lengths), supernet_outputs(front_end, wav, lengths).numpy(),
+                               atol=ATOL)
+
+
+def test_official_checkpoint_of_a_front_end_space_is_full_width(front_end, tiny_space, tmp_path):
+    """The official format holds the whole supernet (the official code loads it at full width);
+    the front-end choice is recorded in our space and subnet under cfg['lighthubert']."""
+    export_subnet(front_end, tmp_path / "o.pt", "official", NARROW)
+    ckpt = checkpoint.load_file(tmp_path / "o.pt")
+    torch.manual_seed(0)
+    fixed = checkpoint.official_checkpoint(LightHuBERT(tiny_space))
+    assert {k: v.shape for k, v in ckpt["model"].items()} == {k: v.shape for k, v in fixed["model"].items()}
+    assert ckpt["cfg"]["model"]["conv_feature_layers"] == fixed["cfg"]["model"]["conv_feature_layers"]
+    ours = ckpt["cfg"]["lighthubert"]
+    assert ours["space"]["search_space"]["conv_dim"] == [16, 24, 32] and ours["subnet"]["conv_dim"] == [16, 24, 16]
+    loaded = lighthubert.load(tmp_path / "o.pt")
+    assert loaded.space == front_end.space and loaded.subnet == NARROW
+    wav = torch.randn(1, 2500)
+    torch.testing.assert_close(supernet_outputs(loaded, wav), supernet_outputs(front_end, wav), atol=0, rtol=0)

@@ -523,3 +523,23 @@ def test_ddp_resume_after_sigkill_is_bit_identical(train_setup, tmp_path):
     subprocess.run(killed + ["--resume"], check=True, env=ENV, capture_output=True)
     _assert_identical(tmp_path / "full" / "step-10.pt", tmp_path / "killed" / "step-10.pt")
     _assert_logged_once(tmp_path / "killed")
+
+
+def test_stage2_with_an_elastic_front_end(train_setup, stage1_ckpt, tmp_path):
+    """A YAML space with conv_dim choices: stage 2 starts from a fixed-front-end stage-1
+    checkpoint, sandwich sampling trains the widest and narrowest front ends, and the
+    checkpoint keeps the full-width official layout with the choice in its space."""
+    space = {**SPACE, "search_space": {**SPACE["search_space"], "conv_dim": [16, 32], "conv_groups": [[0], [1, 2, 3, 4], [5, 6]]}}
+    (tmp_path / "fe.yaml").write_text(yaml.safe_dump(space))
+    assert run_cli("distill", "--stage", "2", "--teacher", train_setup / "teacher", "--train", train_setup / "train.tsv",
+                   "--config", train_setup / "distill.yaml", "--out", tmp_path / "r", "--init", stage1_ckpt,
+                   "--set", f"space={tmp_path / 'fe.yaml'}", "--set", "max_steps=2", "--set", "valid_every=100",
+                   "--set", "sampling=sandwich", "--set", "sandwich_random=1") == 0
+    trained = [r for r in _log(tmp_path / "r") if r["type"] == "train"]
+    assert len(trained) == 2 and all(math.isfinite(r["loss"]) for r in trained)
+    assert trained[0]["subnets"][0].endswith(" c32") and trained[0]["subnets"][1].endswith(" c16")  # max, min
+    ckpt = checkpoint.load_file(tmp_path / "r" / "step-2.pt")
+    assert ckpt["model"]["feature_extractor.conv_layers.1.0.weight"].shape == (32, 32, 3)
+    assert ckpt["cfg"]["lighthubert"]["space"]["search_space"]["conv_dim"] == [16, 32]
+    model = checkpoint.load_model(tmp_path / "r" / "step-2.pt")
+    assert model.space.conv_groups == ((0,), (1, 2, 3, 4), (5, 6)) and model.subnet == model.space.default
