@@ -77,6 +77,35 @@ def test_ctc_model_and_its_checkpoint(tmp_path):
     assert batched == [asr.recognise(loaded, [wav[0]])[0], asr.recognise(loaded, [short])[0]]
 
 
+def test_ctc_model_exports_with_its_head(tmp_path):
+    """compact and ONNX keep the head (ONNX: a logits output and the vocabulary in its metadata);
+    hf holds the encoder alone; the head's weights are random, so agreement is not by chance."""
+    from lighthubert.export import export_subnet
+
+    cfg = ModelConfig(conv_layers=CONV, embed_dim=64, heads=[2, 2], ffn_dim=[128, 128], head_dim=32, conv_pos=16,
+                      conv_pos_groups=4, pred_dim=0)
+    torch.manual_seed(0)
+    model = HuBERTCTC(cfg, [BLANK, "|", "A", "B"]).eval()
+    wav, lengths = torch.randn(2, 8000), torch.tensor([8000, 6000])
+    with torch.no_grad():
+        want = model(wav, lengths).prediction
+    compact = lighthubert.load(export_subnet(model, tmp_path / "c", "compact"))
+    assert isinstance(compact, HuBERTCTC) and compact.vocab == model.vocab
+    torch.testing.assert_close(compact(wav, lengths).prediction, want, atol=1e-5, rtol=0)
+    hf = lighthubert.load(export_subnet(model, tmp_path / "h", "hf"))
+    assert type(hf) is lighthubert.HuBERT
+    torch.testing.assert_close(hf(wav, lengths).hidden_states[-1], model(wav, lengths).hidden_states[-1], atol=1e-5, rtol=0)
+
+    ort = pytest.importorskip("onnxruntime")
+    sess = ort.InferenceSession(str(export_subnet(model, tmp_path / "m.onnx", "onnx")), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()] == ["hidden_states", "logits"]
+    assert json.loads(sess.get_modelmeta().custom_metadata_map["vocab"]) == model.vocab
+    hidden, logits = sess.run(None, {"waveform": wav.numpy(), "lengths": lengths.numpy()})
+    frames = model.frame_lengths(lengths)
+    for b in range(2):  # padded frames are not compared
+        torch.testing.assert_close(torch.from_numpy(logits)[b, : frames[b]], want[b, : frames[b]], atol=1e-4, rtol=0)
+
+
 def test_finetune_learns_freezes_then_resumes_bit_identically(train_setup, tmp_path, capsys):
     assert finetune(train_setup, tmp_path / "run", 40, "--set=freeze_encoder_steps=20", "--set=valid_every=20") == 0
     valid = [r["loss"]["ctc"] for r in _log(tmp_path / "run") if r["type"] == "valid"]

@@ -540,4 +540,11 @@ def _load_compact(path: Path):
     if not weights.is_file():
         raise CheckpointError(f"{path}: compact export without model.safetensors")
     state = {k: v.float() for k, v in _read_safetensors(weights).items()}
+    if "vocab" in meta:  # a fine-tuned CTC model with its head
+        try:
+            model = HuBERTCTC(cfg, meta["vocab"])
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path / 'config.json'}: unreadable CTC vocabulary ({e})") from None
+        load_state(model, state, str(path))
+        return model, []
     return _dense(cfg, state, str(path)), []

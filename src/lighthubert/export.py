@@ -7,6 +7,10 @@
   with `trust_remote_code=True`.
 - `onnx`: a graph from (waveform, lengths) to every hidden state, dynamic batch and time;
   `quantize="int8"` makes the Transformer's weight matmuls dynamic int8 (ONNX Runtime).
+
+A fine-tuned CTC model (`HuBERTCTC`) keeps its head and vocabulary in compact and ONNX
+exports (the ONNX graph adds a `logits` output and records the vocabulary in its metadata);
+an `hf` export holds the encoder alone (`HubertModel`), as extraction sees it.
 - `official`: the whole supernet in the official `.pt` format with the subnet recorded.
 """
 
@@ -24,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from . import checkpoint, convert
-from .model import HuBERT, ModelConfig
+from .model import HuBERT, HuBERTCTC, ModelConfig
 from .space import SubnetConfig
 from .supernet import LightHuBERT
 
@@ -65,7 +69,14 @@ def export_subnet(
             model.set_subnet(subnet)
         checkpoint.save_file(checkpoint.official_checkpoint(model), output)
         return output
-    dense, cfg = checkpoint.dense_model(model, subnet)
+    if isinstance(model, HuBERTCTC) and fmt != "hf":
+        if subnet is not None:
+            raise ValueError("a subnet can only be chosen for a supernet checkpoint; this model has a fixed shape")
+        dense, cfg = model, model.cfg  # the head travels with the encoder
+    else:
+        if isinstance(model, HuBERTCTC):
+            log.info("an hf export holds the encoder (HubertModel) without the CTC head; compact and onnx keep it")
+        dense, cfg = checkpoint.dense_model(model, subnet)
     dense = dense.eval()
     if fmt == "compact":
         save_compact(dense, cfg, output, dtype, model.subnet if isinstance(model, LightHuBERT) else None)
@@ -83,7 +94,7 @@ def how_to_load(output: Path, fmt: str) -> str:
             return f"transformers.AutoModel.from_pretrained('{output}', trust_remote_code=True) (this package's model as remote code)"
         return f"transformers.HubertModel.from_pretrained('{output}')"
     if fmt == "onnx":
-        return f"onnxruntime.InferenceSession('{output}'): waveform (B, N), lengths (B,) -> hidden_states"
+        return f"onnxruntime.InferenceSession('{output}'): waveform (B, N), lengths (B,) -> hidden_states (and a CTC model's logits)"
     return f"lighthubert.load('{output}')"
 
 
@@ -99,6 +110,8 @@ def save_compact(model: HuBERT, cfg: ModelConfig, output: Path, dtype: torch.dty
         "subnet": None if subnet is None else subnet.to_official(cfg.head_dim),
         "dtype": str(dtype).removeprefix("torch."),
     }
+    if isinstance(model, HuBERTCTC):
+        meta["vocab"] = list(model.vocab)
     with checkpoint.staged_folder(output) as staged:
         checkpoint.save_tensors(state, staged / "model.safetensors")
         checkpoint.save_text(json.dumps(meta, indent=2), staged / "config.json")
@@ -192,14 +205,17 @@ def _remote_config(cfg: ModelConfig) -> dict:
 
 
 class _HiddenStates(nn.Module):
-    """ONNX wrapper: (waveform (B, N), lengths (B,)) -> hidden states (L + 1, B, T, E)."""
+    """ONNX wrapper: (waveform (B, N), lengths (B,)) -> hidden states (L + 1, B, T, E), and
+    for a CTC model also its logits (B, T, V)."""
 
     def __init__(self, model: HuBERT) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, waveform: Tensor, lengths: Tensor) -> Tensor:
-        return torch.stack(self.model(waveform, lengths).hidden_states)
+    def forward(self, waveform: Tensor, lengths: Tensor) -> Union[Tensor, tuple[Tensor, Tensor]]:
+        out = self.model(waveform, lengths)
+        hidden = torch.stack(out.hidden_states)
+        return (hidden, out.prediction) if isinstance(self.model, HuBERTCTC) else hidden
 
 
 def save_onnx(model: HuBERT, output: Path, opset: int = 18, quantize: Optional[str] = None) -> None:
@@ -221,9 +237,12 @@ def save_onnx(model: HuBERT, output: Path, opset: int = 18, quantize: Optional[s
     with torch.no_grad(), _exporter_chatter_off():
         program = torch.onnx.export(
             wrapper, example, dynamo=True, opset_version=opset, verbose=False,
-            input_names=["waveform", "lengths"], output_names=["hidden_states"],
+            input_names=["waveform", "lengths"],
+            output_names=["hidden_states", "logits"] if isinstance(model, HuBERTCTC) else ["hidden_states"],
             dynamic_shapes={"waveform": {0: batch, 1: samples}, "lengths": {0: batch}},
         )
+    if isinstance(model, HuBERTCTC):
+        program.model.metadata_props["vocab"] = json.dumps(model.vocab)  # token i of the logits; 0 is the blank
     if quantize is None:
         checkpoint.write_atomic(output, lambda tmp: program.save(str(tmp)))
         return
