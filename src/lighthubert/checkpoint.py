@@ -150,17 +150,33 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
             naming it. `torch.save` reports a full disk as a RuntimeError, which is caught here
             too. An existing `path` is left as it was.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = temporary_beside(path)
     try:
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # 0o666 & ~umask
         write(tmp)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
-        raise WriteError(path, getattr(e, "reason", None) or getattr(e, "strerror", None) or _first_line(e)) from None
+        raise WriteError(path, _reason(e)) from None
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+TEMPORARY = re.compile(r"\.(?P<target>.+)\.\d+\.[0-9a-f]{8}\.tmp")  # the names `temporary_beside` gives
+
+
+def temporary_beside(path: Path) -> Path:
+    """A fresh hidden name in `path`'s folder (created if needed), unique to this process, for
+    a write that a rename then makes `path` atomically; a killed write leaves a file matching
+    `TEMPORARY`, whose `target` group is `path`'s name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def _reason(e: BaseException) -> str:
+    """Why a write failed, in a few words: a nested WriteError's reason, the OS's message, or
+    the first line of torch's."""
+    return getattr(e, "reason", None) or getattr(e, "strerror", None) or _first_line(e)
 
 
 @contextlib.contextmanager
@@ -171,8 +187,7 @@ def staged_folder(output: Union[str, Path]) -> Iterator[Path]:
     new `model.safetensors` beside an old `config.json`.
     """
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = temporary_beside(output)
     tmp.mkdir()
     try:
         yield tmp
@@ -180,8 +195,7 @@ def staged_folder(output: Union[str, Path]) -> Iterator[Path]:
         for f in sorted(tmp.iterdir()):
             os.replace(f, output / f.name)
     except OSError as e:
-        reason = getattr(e, "reason", None) or e.strerror or str(e)
-        raise WriteError(output, reason, "its earlier files are unchanged") from None
+        raise WriteError(output, _reason(e), "its earlier files are unchanged") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -5,7 +5,8 @@
 - Checkpoints are `step-N.pt` exactly (N without leading zeros). A run prunes only the files
   it wrote, by name, so `step-best.pt` or `step-5-backup.pt` beside them are never touched and
   never taken for the newest checkpoint.
-- Temporary files of interrupted saves (`step-N.pt<random>.tmp`) are removed at start, and
+- Temporary files of interrupted saves (`.step-N.pt.<pid>.<random>.tmp`, as
+  `checkpoint.write_atomic` names them) are removed at start, and
   resuming falls back to the newest checkpoint that reads.
 - `log.jsonl` keeps each step's records once: on resume, records after the resumed step
   (written before the kill, replayed after) are dropped.
@@ -22,11 +23,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from .checkpoint import TEMPORARY
+
 log = logging.getLogger(__name__)
 
 LOCK = ".lock"
 _CHECKPOINT = re.compile(r"step-(0|[1-9]\d*)\.pt")
-_TEMPORARY = re.compile(r"step-(0|[1-9]\d*)\.pt.+\.tmp")
 
 
 def checkpoint_name(step: int) -> str:
@@ -104,7 +106,8 @@ class RunFolder:
 
     def remove_temporary(self) -> None:
         """Removes the temporary files that interrupted saves left (this run holds the lock)."""
-        stale = [p for p in self.path.glob("step-*.tmp") if _TEMPORARY.fullmatch(p.name)]
+        stale = [p for p in self.path.glob(".step-*.tmp")
+                 if (m := TEMPORARY.fullmatch(p.name)) and _CHECKPOINT.fullmatch(m.group("target"))]
         for p in stale:
             p.unlink(missing_ok=True)
         if stale:
