@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence, Union
 
 import numpy as np
+
 from . import settings
 from .model import ModelConfig
 
