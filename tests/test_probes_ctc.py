@@ -88,6 +88,20 @@ def generated(tmp_path_factory):
     return c, feats
 
 
+def test_features_beyond_float16_range_stay_float32(generated, monkeypatch):
+    """float16 would turn a feature above 65504 into inf and the probe would train on it: such
+    a file is kept in float32, unchanged; the others are stored in float16."""
+    from lighthubert.probes import features as features_module
+    c, _ = generated
+    m = read_manifest(c.train)
+    paths = [m.root / rel for rel, _ in m.entries[:3]]
+    scale = iter([1.0, 1e6, 1.0])
+    monkeypatch.setattr(features_module, "mfcc", lambda w: next(scale) * torch.ones(5, 39))
+    feats = probes.FrozenFeatures.compute(probes.MFCC, paths)
+    assert [h.dtype for h in feats.hidden] == [torch.float16, torch.float32, torch.float16]
+    assert torch.equal(feats.hidden[1], torch.full((1, 5, 39), 1e6)) and torch.isfinite(feats.hidden[1]).all()
+
+
 def train_error(model, feats, labels) -> float:
     return probes.error_rate(labels, ctc.decode(model, feats))
 

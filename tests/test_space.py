@@ -145,6 +145,15 @@ def test_subnet_is_hashable_and_describes_itself():
     assert b.describe() == "e512 h[8,10] f[1792,2048] x2" and not b.is_uniform
 
 
+def test_shape_of_a_dense_model_names_a_non_standard_front_end():
+    """HuBERT's 512-channel front end is left out of the text; any other widths (an exported
+    narrow front end) are shown, so two models that differ only there are told apart."""
+    assert SubnetConfig.of(SearchSpace.base().model_config(SearchSpace.base().max())).describe() == "e768 h12 f3072 x12"
+    narrow = ModelConfig(embed_dim=96, heads=[3, 2], ffn_dim=[192, 288],
+                         conv_layers=[[16, 10, 5], [32, 3, 2], [24, 2, 2]])
+    assert SubnetConfig.of(narrow).describe() == "e96 h[3,2] f[192,288] x2 c[16,32,24]"
+
+
 @pytest.mark.parametrize(
     "spec, field, allowed",
     [

@@ -73,8 +73,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"space": space.to_dict(), "num_subnets": space.num_subnets, "subnets": rows}, indent=2))
         return 0
+    front = (f"; conv_dim {list(space.conv_dims)} per group of layers {[list(g) for g in space.conv_groups]}"
+             if space.conv_dims else "")
     print(f"{space.title}: {space.num_subnets:,} subnets; embed_dim {list(space.embed_dims)}, "
-          f"heads {list(space.heads)}, ffn_ratio {list(space.ffn_ratios)}, depth {list(space.depths)}")
+          f"heads {list(space.heads)}, ffn_ratio {list(space.ffn_ratios)}, depth {list(space.depths)}{front}")
     _print_table(rows)
     return 0
 

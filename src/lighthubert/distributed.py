@@ -139,15 +139,6 @@ def barrier(ctx: Context) -> None:
         dist.barrier()
 
 
-def broadcast_flag(flag: bool, ctx: Context) -> bool:
-    """Rank 0's value of `flag` on every process (e.g. "stop now")."""
-    if ctx.world_size == 1:
-        return flag
-    t = torch.tensor([int(flag)], device=ctx.device)
-    dist.broadcast(t, 0)
-    return bool(t.item())
-
-
 def parameters_equal(model: nn.Module, ctx: Context) -> Iterator[bool]:
     """Per parameter, whether every process holds the same values (for checks and tests)."""
     for p in unwrap(model).parameters():

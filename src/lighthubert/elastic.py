@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .model import ConvBlock, Ops, PosConv
+from .model import ConvBlock, Ops, PosConv, autocast_dtype
 
 
 def block_ranges(dim: int, other: int, total: int, blocks: int) -> list[tuple[int, int]]:
@@ -54,14 +54,6 @@ def _offsets(ranges: list[tuple[int, int]]) -> list[int]:
     for a, b in ranges:
         out.append(out[-1] + b - a)
     return out
-
-
-def _amp_dtype(x: Tensor) -> Optional[torch.dtype]:
-    """The dtype autocast would run a matmul in on `x`'s device, or None outside autocast."""
-    kind = x.device.type
-    if x.dtype == torch.float64 or not torch.is_autocast_enabled(kind):
-        return None
-    return torch.get_autocast_dtype(kind)
 
 
 def _zeros_outside(t: Tensor, rows: list, cols: Optional[list]) -> Tensor:
@@ -236,7 +228,7 @@ class ElasticLinear(nn.Linear):
             return F.linear(x, self.weight, self.bias)
         rows = block_ranges(out, e, self.out_features, self.out_blocks)
         cols = block_ranges(e, out, self.in_features, self.in_blocks)
-        y = _BlockLinear.apply(x.reshape(-1, e), self.weight, self.bias, rows, cols, _amp_dtype(x))
+        y = _BlockLinear.apply(x.reshape(-1, e), self.weight, self.bias, rows, cols, autocast_dtype(x))
         return y.view(*x.shape[:-1], out)
 
     def export(self, in_features: int) -> nn.Linear:

@@ -173,7 +173,7 @@ class ConvBlock(nn.Module):
             flat = inference_cached(self, "flat", (w,), lambda: w.permute(0, 2, 1).reshape(w.size(0), k * c))
             y = F.linear(win, flat, b)
         else:  # overlapping windows: one product per kernel tap, accumulated in place
-            dtype = _compute_dtype(x)  # in-place products are not autocast: cast by hand
+            dtype = autocast_dtype(x) or x.dtype
             taps = inference_cached(self, "taps", (w,), lambda: w.permute(2, 1, 0).contiguous()).to(dtype)  # (k, C_in, C_out)
             x = x.to(dtype)
             y = torch.bmm(x[:, 0 : s * (t - 1) + 1 : s], taps[0].expand(bsz, -1, -1))  # tap 0 makes y: no zero fill
@@ -203,11 +203,14 @@ class ConvBlock(nn.Module):
         return (y - mean) * torch.rsqrt(var + self.norm.eps) * weight + bias
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    """The dtype an autocast region computes matrix products in, or `x`'s own outside one."""
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return x.dtype
+def autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
+    """The dtype autocast would run a matrix product on `x` in, on its device; None outside
+    autocast or for float64, which autocast leaves alone. Hand-written products (in place,
+    or over blocks of a weight) are not autocast, so they cast by hand to this."""
+    kind = x.device.type
+    if x.dtype == torch.float64 or not torch.is_autocast_enabled(kind):
+        return None
+    return torch.get_autocast_dtype(kind)
 
 
 class FeatureExtractor(nn.Module):

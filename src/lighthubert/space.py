@@ -76,8 +76,11 @@ class SubnetConfig:
 
     @classmethod
     def of(cls, cfg: ModelConfig) -> "SubnetConfig":
-        """The shape of a dense model (for `describe()`); not checked against any space."""
-        return cls(cfg.embed_dim, tuple(cfg.heads), tuple(cfg.ffn_dim))
+        """The shape of a dense model (for `describe()`); not checked against any space. The
+        conv widths are kept where they are not HuBERT's 512 in every layer (an exported
+        narrow front end, a small teacher), so the description tells those models apart."""
+        widths = tuple(c for c, _, _ in cfg.conv_layers)
+        return cls(cfg.embed_dim, tuple(cfg.heads), tuple(cfg.ffn_dim), () if set(widths) == {512} else widths)
 
     @classmethod
     def from_official(cls, d: dict[str, Any], head_dim: int = 64) -> "SubnetConfig":

@@ -25,11 +25,12 @@ class FrozenFeatures:
 
     Frames are kept, not pooled: the featurizer normalises each frame before anything is
     averaged, and frame-level tasks need them. float16 halves the memory (HuBERT Base: about
-    1 MB per second of audio) at a precision far below what a probe can resolve.
+    1 MB per second of audio) at a precision far below what a probe can resolve; a file with
+    a feature beyond float16's range (65504, which would become inf) stays float32.
     """
 
     paths: list[Path]  # the audio files, in order
-    hidden: list[Tensor]  # per file (layers, T_i, E) float16; index 0 as in `extract`
+    hidden: list[Tensor]  # per file (layers, T_i, E) float16 (float32 where it would overflow); index 0 as in `extract`
 
     @classmethod
     def compute(cls, source: Union[HuBERT, str], paths: Sequence[Path], max_batch_seconds: float = 60.0,
@@ -58,7 +59,7 @@ class FrozenFeatures:
                 feats = [mfcc(w).unsqueeze(0) for w in wavs]
             else:
                 feats = extract(source, wavs, int(max_batch_seconds * SAMPLE_RATE))
-            hidden.extend(finite_features(f, w, p).half() for f, w, p in zip(feats, wavs, chunk))
+            hidden.extend(_compact(finite_features(f, w, p)) for f, w, p in zip(feats, wavs, chunk))
             bar.update(len(wavs))
         bar.close()
         return cls(list(paths), hidden)
@@ -73,6 +74,11 @@ class FrozenFeatures:
 
     def __len__(self) -> int:
         return len(self.hidden)
+
+
+def _compact(feats: Tensor) -> Tensor:
+    """`feats` in float16 where every value fits, else in float32: every reader casts to float32."""
+    return feats.half() if feats.abs().max() <= torch.finfo(torch.float16).max else feats.float()
 
 
 class Featurizer(nn.Module):
