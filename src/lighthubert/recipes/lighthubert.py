@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import checkpoint
+from ..channel_order import sort_conv_channels
 from ..data import AudioDataset, Batch, normalize
 from ..losses import layer_average_target, masked_l1, span_mask
 from ..model import HuBERT, matching_state
@@ -43,6 +44,7 @@ class LightHuBERTDistillConfig:
     mask_prob: float = 0.65  # span-mask start probability (official default)
     mask_length: int = 10  # span length in frames (official default)
     layerdrop: Optional[float] = None  # the student's layerdrop; None: the space's own (0 for base / small; the official trainer used 0.05)
+    sort_conv_channels: bool = False  # stage 2 with an elastic front end: order the --init's conv channels by importance first (`channel_order`)
 
     def __post_init__(self) -> None:
         choices = {"stage": (1, 2), "sampling": ("uniform", "sandwich"), "loss_on": ("masked", "all")}
@@ -93,6 +95,9 @@ class LightHuBERTRecipe:
         if settings.layerdrop is not None:
             model = dataclasses.replace(model, layerdrop=settings.layerdrop)
         self.space = dataclasses.replace(space, model=model)
+        if settings.sort_conv_channels and (settings.stage != 2 or not self.space.conv_dims):
+            raise ValueError("sort_conv_channels orders channels for an elastic front end: it needs stage 2 and a space "
+                             f"with conv_dim choices (space {self.space.name!r} at stage {settings.stage})")
 
     @property
     def description(self) -> str:
@@ -107,6 +112,9 @@ class LightHuBERTRecipe:
             source = checkpoint.load_model(self.init)
             checkpoint.load_state(student, source.state_dict(), self.init)
             log.info("student initialised from %s", self.init)
+            if self.settings.sort_conv_channels:
+                sort_conv_channels(student)
+                log.info("conv channels sorted by importance (once-for-all channel sorting)")
         elif self.settings.stage == 1 and self.settings.init_from_teacher:
             copied = matching_state(self.teacher, student)
             student.load_state_dict(copied, strict=False)
