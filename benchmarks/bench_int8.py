@@ -41,7 +41,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from lighthubert.data import SAMPLE_RATE, load_audio, normalize
+from lighthubert.audio import SAMPLE_RATE, load_audio, normalize
 from lighthubert.export import export_subnet
 from lighthubert.probes import FrozenFeatures, ProbeConfig, fit_classifier, predict
 from lighthubert.space import SearchSpace

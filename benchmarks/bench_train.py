@@ -25,7 +25,7 @@ Builds what a user's stage-2 run has, with random weights (speed does not depend
 - a stage-1 student checkpoint for `--init`: `checkpoint.official_checkpoint(LightHuBERT(space))`
   with the `base` space (prediction head as wide as the teacher, as `LightHuBERTRecipe` makes it);
 - `--batch x (warm-up + steps)` utterances of `--seconds` of speech-like audio
-  (`data.synthetic_speech`), as 16 kHz WAVs with a fairseq manifest (`data.write_manifest`),
+  (`audio.synthetic_speech`), as 16 kHz WAVs with a fairseq manifest (`manifest.write_manifest`),
   so that every batch holds exactly `--batch` utterances of `--seconds` and no epoch ends
   inside the measured steps;
 
@@ -87,7 +87,8 @@ import soundfile as sf
 import torch
 
 from lighthubert import checkpoint
-from lighthubert.data import SAMPLE_RATE, normalize, synthetic_speech, write_manifest
+from lighthubert.audio import SAMPLE_RATE, normalize, synthetic_speech
+from lighthubert.manifest import write_manifest
 from lighthubert.export import save_compact
 from lighthubert.losses import masked_l1, span_mask
 from lighthubert.model import HuBERT, ModelConfig

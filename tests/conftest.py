@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from lighthubert import convert, corpus
-from lighthubert.data import manifest_frames
+from lighthubert.manifest import manifest_frames
 from lighthubert.export import save_compact
 from lighthubert.model import HuBERT, ModelConfig
 from lighthubert.space import SearchSpace
@@ -91,7 +91,7 @@ def demo_like_search(tmp_path):
     checkpoint, a 2-layer 32-wide teacher (its head's width) and a manifest of two generated
     utterances. Returns (checkpoint, teacher folder, valid.tsv)."""
     from lighthubert.checkpoint import official_checkpoint, save_file
-    from lighthubert.data import synthetic_speech
+    from lighthubert.audio import synthetic_speech
 
     save_file(official_checkpoint(demo_like_supernet()), tmp_path / "supernet.pt")
     cfg = ModelConfig(conv_layers=TINY_CONV, embed_dim=32, heads=[1, 1], ffn_dim=[64, 64], head_dim=32, conv_pos=16,

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from lighthubert import checkpoint, demo
 from lighthubert.cli import main
-from lighthubert.data import synthetic_speech
+from lighthubert.audio import synthetic_speech
 from lighthubert.space import SearchSpace, SubnetConfig
 from lighthubert.supernet import LightHuBERT
 

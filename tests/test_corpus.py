@@ -14,7 +14,8 @@ import soundfile as sf
 import torch
 
 from lighthubert import corpus, probes
-from lighthubert.data import SAMPLE_RATE, read_manifest
+from lighthubert.audio import SAMPLE_RATE
+from lighthubert.manifest import read_manifest
 
 WORD = re.compile(r"^([a-z]+)_")  # the label regexes `lighthubert demo` probes with
 SPEAKER = re.compile(r"^[a-z]+_([a-z]+)_")

@@ -13,7 +13,7 @@ import torch
 import lighthubert
 from lighthubert import asr, checkpoint
 from lighthubert.cli import main
-from lighthubert.data import normalize
+from lighthubert.audio import normalize
 from lighthubert.losses import span_mask
 from lighthubert.model import BLANK, HuBERTCTC, ModelConfig
 from lighthubert.space import SearchSpace

@@ -12,19 +12,9 @@ import torch
 from scipy.signal import resample_poly
 
 from lighthubert.cli import main
-from lighthubert.data import (
-    AudioDataset,
-    AudioError,
-    BucketBatchSampler,
-    CropCollate,
-    SkipCounter,
-    collate,
-    load_audio,
-    normalize,
-    read_manifest,
-    synthetic_speech,
-    write_manifest,
-)
+from lighthubert.audio import AudioError, collate, load_audio, normalize, synthetic_speech
+from lighthubert.data import AudioDataset, BucketBatchSampler, CropCollate, SkipCounter
+from lighthubert.manifest import read_manifest, write_manifest
 
 from conftest import FSDD, require_shared
 
@@ -151,7 +141,7 @@ def test_manifest_skips_unreadable_and_rejects_empty_folder(tmp_path, caplog):
     _write(tmp_path / "audio" / "good.wav")
     (tmp_path / "audio" / "garbage.wav").write_bytes(b"not a wav file at all")
     _write(tmp_path / "audio" / "tab\tname.wav")
-    with caplog.at_level(logging.WARNING, logger="lighthubert.data"):
+    with caplog.at_level(logging.WARNING, logger="lighthubert.manifest"):
         train, _ = write_manifest(tmp_path / "audio", tmp_path / "m", 0.0)
     assert [rel for rel, _ in read_manifest(train).entries] == ["good.wav"]
     assert "garbage.wav: skipped, Error opening" in caplog.text and "tab\tname.wav: skipped, a tab" in caplog.text

@@ -8,7 +8,7 @@ import soundfile as sf
 import torch
 
 from lighthubert import AudioError, LightHuBERT, extract, extract_files
-from lighthubert.data import synthetic_speech
+from lighthubert.audio import synthetic_speech
 from lighthubert.extract import min_samples
 
 

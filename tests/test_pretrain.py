@@ -10,7 +10,8 @@ import yaml
 
 import lighthubert
 from lighthubert import checkpoint, cli
-from lighthubert.data import AudioDataset, Batch, synthetic_speech
+from lighthubert.audio import synthetic_speech
+from lighthubert.data import AudioDataset, Batch
 from lighthubert.model import ModelConfig
 from lighthubert.probes import mfcc
 from lighthubert.recipes import RunConfig

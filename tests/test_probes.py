@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from lighthubert import checkpoint, probes
 from lighthubert.cli import main
-from lighthubert.data import load_audio
+from lighthubert.audio import load_audio
 from lighthubert.supernet import LightHuBERT
 
 from conftest import FSDD, require_shared

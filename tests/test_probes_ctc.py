@@ -11,7 +11,7 @@ import torch
 
 from lighthubert import corpus, probes, transcripts
 from lighthubert.cli import main
-from lighthubert.data import read_manifest, write_manifest
+from lighthubert.manifest import read_manifest, write_manifest
 from lighthubert.probes import ctc
 
 LIBRI = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech-mini"

@@ -25,7 +25,9 @@ import yaml
 
 from lighthubert import checkpoint
 from lighthubert.cli import main
-from lighthubert.data import AudioDataset, normalize, read_manifest, validation_batches
+from lighthubert.audio import normalize
+from lighthubert.data import AudioDataset, validation_batches
+from lighthubert.manifest import read_manifest
 from lighthubert.export import save_compact
 from lighthubert.losses import layer_average_target, masked_l1, span_mask
 from lighthubert.model import HuBERT, ModelConfig, matching_state

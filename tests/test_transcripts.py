@@ -12,7 +12,7 @@ import soundfile as sf
 
 from lighthubert import transcripts
 from lighthubert.cli import main
-from lighthubert.data import read_manifest, write_manifest
+from lighthubert.manifest import read_manifest, write_manifest
 
 # speaker 11, chapter 100 (Ogg Vorbis, as train-clean-5) and chapter 200 (FLAC); speaker 22, chapter 300
 TEXTS = {

@@ -10,7 +10,7 @@ Public API::
 
 from .checkpoint import load_model as load
 from .convert import CheckpointError
-from .data import AudioError, load_audio
+from .audio import AudioError, load_audio
 from .extract import extract, extract_files
 from .model import HuBERT, ModelConfig
 from .space import SearchSpace, SubnetConfig, count_macs, count_params, count_subnet_params

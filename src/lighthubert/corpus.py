@@ -30,7 +30,7 @@ from scipy.signal import butter, lfilter, sosfilt
 from tqdm import tqdm
 
 from . import transcripts
-from .data import SAMPLE_RATE
+from .audio import SAMPLE_RATE
 
 FORMAT_VERSION = 1  # bump when the synthesis changes, so cached corpora are regenerated
 _HOP = 80  # samples per parameter frame (5 ms)

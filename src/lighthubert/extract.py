@@ -15,7 +15,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from . import checkpoint
-from .data import AudioError, batch_by_size, collate, load_audio, normalize
+from .audio import AudioError, collate, load_audio, normalize
+from .data import batch_by_size
 from .model import HuBERT
 
 

@@ -19,7 +19,7 @@ from typing import Any, Optional
 from torch import Tensor, nn
 
 from .checkpoint import load_model
-from .data import collate, normalize
+from .audio import collate, normalize
 from .model import DistilHuBERT
 
 

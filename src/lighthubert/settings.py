@@ -178,3 +178,8 @@ def dump(d: dict[str, Any]) -> str:
     """YAML in field order, for `config.yaml` and `--print-config`."""
     return yaml.safe_dump(d, sort_keys=False)
 
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (libsndfile's and torch's can span several), or its type."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

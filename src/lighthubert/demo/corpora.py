@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Union
 
 from .. import corpus, probes, transcripts
-from ..data import AUDIO_EXTENSIONS, manifest_line, write_manifest
+from ..audio import AUDIO_EXTENSIONS
+from ..manifest import manifest_line, write_manifest
 from .config import DemoConfig
 
 log = logging.getLogger(__name__)

@@ -52,7 +52,7 @@ def _corpus(cfg: dict[str, Any]) -> str:
 
 def report_markdown(report: dict[str, Any]) -> str:
     """The Markdown report: the table, each probe relative to the teacher, the figure, the settings."""
-    cfg, metrics = report["config"], report["metrics"]
+    cfg = report["config"]
     cols, cells = _table(report, retention=True)
     labels = ", ".join(f"{t} (`{spec}`)" for t, spec in cfg["labels"].items())
     md = ["# lighthubert demo report", "", f"Data: {_corpus(cfg)}." + (f" Label probes: {labels}." if labels else ""), "",

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..data import SAMPLE_RATE, load_audio
+from ..audio import SAMPLE_RATE, load_audio
 from ..extract import extract, finite_features, min_samples
 from ..model import HuBERT
 from .mfcc import MFCC, MFCC_WINDOW_SECONDS, mfcc

@@ -12,7 +12,7 @@ import torch
 from scipy.fft import dct, rfft
 from torch import Tensor
 
-from ..data import SAMPLE_RATE
+from ..audio import SAMPLE_RATE
 
 MFCC = "mfcc"  # the `source` that selects the MFCC baseline instead of a model
 MFCC_WINDOW_SECONDS = 0.025  # 400 samples at 16 kHz: HuBERT's receptive field per frame

@@ -14,7 +14,8 @@ from typing import Optional, Union
 import torch
 
 from .. import transcripts
-from ..data import SAMPLE_RATE, read_manifest
+from ..audio import SAMPLE_RATE
+from ..manifest import read_manifest
 from ..model import HuBERT
 from .config import SEQUENCE_TASKS, TASKS, ProbeConfig
 from .ctc import decode, fit_ctc

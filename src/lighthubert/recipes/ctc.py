@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import checkpoint
-from ..data import AudioDataset, Batch, normalize
+from ..audio import normalize
+from ..data import AudioDataset, Batch
 from ..losses import ctc_loss, span_mask
 from ..model import BLANK, HuBERT, HuBERTCTC
 from ..space import SubnetConfig

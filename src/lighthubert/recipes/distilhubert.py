@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import checkpoint, convert
-from ..data import AudioDataset, Batch, normalize
+from ..audio import normalize
+from ..data import AudioDataset, Batch
 from ..losses import distilhubert_loss
 from ..model import DistilHuBERT, HuBERT, matching_state
 

@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from .. import checkpoint, convert
 from .. import settings as typed  # `settings` is the recipe's own settings object here
-from ..data import AudioDataset, Batch, normalize
+from ..audio import normalize
+from ..data import AudioDataset, Batch
 from ..losses import span_mask
 from ..model import Features, HuBERT, ModelConfig
 from ..probes import mfcc
