@@ -19,7 +19,7 @@ import torch
 import lighthubert
 from lighthubert import checkpoint
 from lighthubert.cli import main
-from lighthubert.export import export_subnet
+from lighthubert.export import REMOTE_CODE, export_subnet
 from lighthubert.space import SearchSpace, SubnetConfig
 from lighthubert.supernet import LightHuBERT
 
@@ -132,6 +132,17 @@ def test_hf_stays_hubert_model_where_it_fits(tiny, tmp_path):
     export_subnet(tiny, tmp_path / "hf", "hf", SubnetConfig(128, (3,) * 3, (384,) * 3))
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == ["HubertModel"]
     assert not list((tmp_path / "hf").glob("*.py"))
+
+
+def test_hf_over_a_remote_code_export_leaves_no_stale_code(tiny, tmp_path):
+    """A HubertModel export into a folder that held a remote-code one removes the old `.py`
+    files (they would no longer match config.json) and keeps what else the user put there."""
+    export_subnet(tiny, tmp_path / "hf", "hf", nonuniform(tiny.space, seed=1))
+    assert {p.name for p in (tmp_path / "hf").glob("*.py")} == set(REMOTE_CODE)
+    (tmp_path / "hf" / "NOTES.md").write_text("mine")
+    export_subnet(tiny, tmp_path / "hf", "hf", SubnetConfig(128, (3,) * 3, (384,) * 3))
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == ["HubertModel"]
+    assert not list((tmp_path / "hf").glob("*.py")) and (tmp_path / "hf" / "NOTES.md").read_text() == "mine"
 
 
 def _onnx_run(path, wav, lengths):

@@ -16,7 +16,7 @@ import re
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 from safetensors import SafetensorError
@@ -175,11 +175,12 @@ def _reason(e: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def staged_folder(output: Union[str, Path]) -> Iterator[Path]:
+def staged_folder(output: Union[str, Path], stale: Sequence[str] = ()) -> Iterator[Path]:
     """A temporary folder beside `output` to write an export into (`WriteError` when that fails); on success its files
     replace those of `output` by renames, on an error it is removed and `output` keeps its
     old files. Every file is whole before any is replaced, so a full disk can never leave a
-    new `model.safetensors` beside an old `config.json`.
+    new `model.safetensors` beside an old `config.json`. Files named in `stale` that this
+    export did not write (an earlier export's of another kind) are removed after the renames.
     """
     output = Path(output)
     tmp = temporary_beside(output)
@@ -187,8 +188,11 @@ def staged_folder(output: Union[str, Path]) -> Iterator[Path]:
     try:
         yield tmp
         output.mkdir(exist_ok=True)
-        for f in sorted(tmp.iterdir()):
+        written = sorted(tmp.iterdir())
+        for f in written:
             os.replace(f, output / f.name)
+        for name in set(stale) - {f.name for f in written}:
+            (output / name).unlink(missing_ok=True)
     except OSError as e:
         raise WriteError(output, _reason(e), "its earlier files are unchanged") from None
     finally:

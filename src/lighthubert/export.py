@@ -165,7 +165,7 @@ def save_hf(model: HuBERT, cfg: ModelConfig, output: Path) -> str:
         # our model masks padding exactly; HubertModel's group-norm front end would not
         "return_attention_mask": kind == "remote code" or cfg.extractor_mode == "layer_norm",
     }
-    with checkpoint.staged_folder(output) as staged:
+    with checkpoint.staged_folder(output, stale=REMOTE_CODE) as staged:  # a HubertModel export over a remote-code one
         if kind == "remote code":
             source = Path(__file__).parent
             for name in REMOTE_CODE:
