@@ -30,7 +30,7 @@ def channel_importance(model: HuBERT) -> list[Tensor]:
             out.append(reader.abs().sum(dim=(0, 2)))
         else:
             proj = model.post_extract_proj.weight.detach()  # (E, C_last)
-            scale = model.layer_norm.weight.detach() if model.layer_norm is not None else torch.ones(proj.size(1))
+            scale = model.layer_norm.weight.detach() if model.layer_norm is not None else torch.ones_like(proj[0])
             out.append((proj * scale).abs().sum(dim=0))
     return out
 

@@ -19,8 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import checkpoint
-from ..channel_order import sort_conv_channels
 from ..audio import normalize
+from ..channel_order import sort_conv_channels
 from ..data import AudioDataset, Batch
 from ..losses import layer_average_target, masked_l1, span_mask
 from ..model import HuBERT, matching_state
