@@ -86,7 +86,7 @@ from typing import Callable
 import soundfile as sf
 import torch
 
-from lighthubert import checkpoint
+from lighthubert import atomic, checkpoint
 from lighthubert.audio import SAMPLE_RATE, normalize, synthetic_speech
 from lighthubert.manifest import write_manifest
 from lighthubert.export import save_compact
@@ -161,7 +161,7 @@ def build_run(root: Path, args: argparse.Namespace) -> tuple[Trainer, int]:
 
     base = SearchSpace.base()  # what LightHuBERTRecipe builds: the head predicts the teacher's width
     space = dataclasses.replace(base, model=dataclasses.replace(base.model, pred_dim=teacher_cfg.embed_dim))
-    checkpoint.save_file(checkpoint.official_checkpoint(LightHuBERT(space)), root / "stage1.pt")
+    atomic.save_file(checkpoint.official_checkpoint(LightHuBERT(space)), root / "stage1.pt")
 
     samples = int(args.seconds * SAMPLE_RATE)
     utterances = args.batch * (args.warmup + args.steps + (args.profile_steps + 2 if args.profile else 0))

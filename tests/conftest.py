@@ -90,7 +90,8 @@ def demo_like_search(tmp_path):
     """What `lighthubert search` needs, in seconds: the `demo_like_supernet` as an official
     checkpoint, a 2-layer 32-wide teacher (its head's width) and a manifest of two generated
     utterances. Returns (checkpoint, teacher folder, valid.tsv)."""
-    from lighthubert.checkpoint import official_checkpoint, save_file
+    from lighthubert.atomic import save_file
+    from lighthubert.checkpoint import official_checkpoint
     from lighthubert.audio import synthetic_speech
 
     save_file(official_checkpoint(demo_like_supernet()), tmp_path / "supernet.pt")

@@ -12,7 +12,7 @@ import seeded  # tests/golden/seeded.py, put on sys.path by conftest
 import torch
 from torch import nn
 
-from lighthubert import checkpoint, convert
+from lighthubert import atomic, checkpoint, convert
 from lighthubert.convert import CheckpointError
 from lighthubert.model import PosConv
 from lighthubert.space import SearchSpace, SubnetConfig, count_subnet_params
@@ -72,7 +72,7 @@ def test_official_checkpoint_layout_loads_by_its_cfg(official_supernet, golden):
 # -- our official-format checkpoints -----------------------------------------------------------
 def round_trip(model: LightHuBERT, tmp_path) -> tuple[LightHuBERT, list[str]]:
     path = tmp_path / "ckpt.pt"
-    checkpoint.save_file(checkpoint.official_checkpoint(model), path)
+    atomic.save_file(checkpoint.official_checkpoint(model), path)
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary file left
     return checkpoint.load_official(checkpoint.load_file(path), str(path))
 
@@ -231,7 +231,7 @@ def test_load_file_missing(tmp_path):
 
 def test_load_file_plain_dict(tmp_path):
     path = tmp_path / "ok.pt"
-    checkpoint.save_file({"cfg": {"a": [1, 2]}, "model": {"w": torch.arange(3.0)}}, path)
+    atomic.save_file({"cfg": {"a": [1, 2]}, "model": {"w": torch.arange(3.0)}}, path)
     obj = checkpoint.load_file(path)
     assert obj["cfg"] == {"a": [1, 2]} and torch.equal(obj["model"]["w"], torch.arange(3.0))
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import lighthubert
-from lighthubert import asr, checkpoint
+from lighthubert import asr, atomic, checkpoint
 from lighthubert.cli import main
 from lighthubert.audio import normalize
 from lighthubert.losses import span_mask
@@ -63,7 +63,7 @@ def test_ctc_model_and_its_checkpoint(tmp_path):
         HuBERTCTC(cfg, ["A", BLANK])
     torch.manual_seed(0)
     model = HuBERTCTC(cfg, [BLANK, "|", "A", "B"]).eval()
-    checkpoint.save_file(checkpoint.ctc_checkpoint(model), tmp_path / "ctc.pt")
+    atomic.save_file(checkpoint.ctc_checkpoint(model), tmp_path / "ctc.pt")
     loaded = lighthubert.load(tmp_path / "ctc.pt")
     assert isinstance(loaded, HuBERTCTC) and loaded.vocab == model.vocab
     wav = torch.randn(2, 8000)
@@ -146,7 +146,7 @@ def test_transcribe_prints_a_line_per_file_and_scores(train_setup, tmp_path, cap
 def test_finetune_a_supernet_subnet(train_setup, tmp_path):
     space = SearchSpace.from_yaml(train_setup / "space.yaml")
     torch.manual_seed(0)
-    checkpoint.save_file(checkpoint.official_checkpoint(LightHuBERT(space)), tmp_path / "supernet.pt")
+    atomic.save_file(checkpoint.official_checkpoint(LightHuBERT(space)), tmp_path / "supernet.pt")
     assert run_cli("finetune", "--init", tmp_path / "supernet.pt", "--subnet", "min", "--train", train_setup / "train.tsv",
                    "--out", tmp_path / "run", "--set=max_steps=1", *FAST) == 0
     tuned = lighthubert.load(tmp_path / "run" / "step-1.pt")

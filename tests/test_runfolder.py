@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from lighthubert import checkpoint
+from lighthubert import atomic, checkpoint
 from lighthubert.cli import main
 from lighthubert.recipes import RunConfig
 from lighthubert.runfolder import LOCK, RunFolder
@@ -60,7 +60,7 @@ def test_pruning_and_resume_touch_only_the_runs_own_checkpoints(train_setup, tmp
     foreign = ["step-best.pt", "step-5-backup.pt", "step-00100.pt", "notes.txt"]
     for name in foreign:
         (out / name).write_text("not ours")
-    checkpoint.temporary_beside(out / "step-3.pt").write_bytes(b"half a checkpoint")  # left by a save that was killed
+    atomic.temporary_beside(out / "step-3.pt").write_bytes(b"half a checkpoint")  # left by a save that was killed
     assert main(distill(train_setup, out, "--set=max_steps=3", "--set=save_every=1", "--set=keep_last=1")) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(foreign + ["step-3.pt", "config.yaml", "log.jsonl"])
     # step-00100.pt is no checkpoint of ours: --resume continues from step-3.pt

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import lighthubert
-from lighthubert import checkpoint, convert
+from lighthubert import atomic, checkpoint, convert
 from lighthubert.export import save_compact
 from lighthubert.model import DistilHuBERT, ModelConfig
 from lighthubert.s3prl_upstream import UpstreamExpert, lighthubert_any_local
@@ -48,7 +48,7 @@ def test_our_upstream_through_s3prl_featurizer(tmp_path):
     interfaces = s3prl("s3prl.upstream.interfaces")
     supernet = demo_like_supernet()
     ckpt = tmp_path / "supernet.pt"
-    checkpoint.save_file(checkpoint.official_checkpoint(supernet), ckpt)
+    atomic.save_file(checkpoint.official_checkpoint(supernet), ckpt)
     sub = SubnetConfig(144, (1, 3, 1), (288, 288, 576))
     (tmp_path / "subnet.json").write_text(json.dumps(sub.to_official()))
     upstream = lighthubert_any_local(str(ckpt), model_config=str(tmp_path / "subnet.json"), refresh=False).eval()
@@ -90,7 +90,7 @@ def test_s3prl_lighthubert_local_reads_our_official_checkpoint(official_supernet
     model.set_subnet("default")
     ckpt = tmp_path / "small.pt"
     saved = checkpoint.official_checkpoint(model)
-    checkpoint.save_file(saved, ckpt)
+    atomic.save_file(saved, ckpt)
     theirs = expert_module.lighthubert_local(str(ckpt)).eval()
     _state_matches(theirs.model, saved["model"])
     upstream = UpstreamExpert(str(ckpt))

@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from lighthubert import checkpoint
+from lighthubert import atomic, checkpoint
 from lighthubert.cli import main
 from lighthubert.search import Fitness, GenomeCodec, SearchConfig, check_budgets, pareto_front, search, training_fitness
 from lighthubert.space import SearchSpace, SubnetConfig, count_macs, count_subnet_params
@@ -163,7 +163,7 @@ def test_evolution_vs_random_same_evaluations(setup, train_setup, tmp_path):
 def test_cli_search(setup, train_setup, tmp_path, capsys):
     model, _, space = setup
     ckpt = tmp_path / "supernet.pt"
-    checkpoint.save_file(checkpoint.official_checkpoint(model), ckpt)
+    atomic.save_file(checkpoint.official_checkpoint(model), ckpt)
     base = ["search", "--checkpoint", str(ckpt), "--teacher", str(train_setup / "teacher"), "--valid",
             str(train_setup / "valid.tsv"), "--out", str(tmp_path / "s"), "--target-layers", "2", "--population", "3",
             "--generations", "2", "--valid-batches", "1", "--device", "cpu", "--quiet"]

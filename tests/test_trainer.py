@@ -23,7 +23,7 @@ import soundfile as sf
 import torch
 import yaml
 
-from lighthubert import checkpoint
+from lighthubert import atomic, checkpoint
 from lighthubert.cli import main
 from lighthubert.audio import normalize
 from lighthubert.data import AudioDataset, validation_batches
@@ -170,7 +170,7 @@ def test_a_supernet_at_its_subnet_is_a_teacher(train_setup, tmp_path):
     torch.manual_seed(0)
     supernet = LightHuBERT(space)
     supernet.set_subnet(space.min())  # e32, narrower than the supernet's 64
-    checkpoint.save_file(checkpoint.official_checkpoint(supernet), tmp_path / "supernet.pt")
+    atomic.save_file(checkpoint.official_checkpoint(supernet), tmp_path / "supernet.pt")
     cfg = RunConfig.from_dict({**TRAIN, "space": str(train_setup / "space.yaml"), "max_steps": 2, "target_layers": 2})
     recipe = cfg.build(teacher=str(tmp_path / "supernet.pt"))
     assert recipe.teacher.cfg.embed_dim == 32 and recipe.teacher.cfg.depth == 2
@@ -319,7 +319,7 @@ def _init_checkpoint(setup: Path, tmp: Path) -> Path:
         torch.manual_seed(0)
         model = LightHuBERT(dataclasses.replace(space, model=dataclasses.replace(space.model, pred_dim=teacher.cfg.embed_dim)))
         model.set_subnet("max")
-        checkpoint.save_file(checkpoint.official_checkpoint(model, stage1=True), path)
+        atomic.save_file(checkpoint.official_checkpoint(model, stage1=True), path)
     return path
 
 

@@ -27,7 +27,7 @@ from typing import Iterator, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from . import checkpoint, convert
+from . import atomic, checkpoint, convert
 from .model import HuBERT, HuBERTCTC, ModelConfig
 from .space import SubnetConfig
 from .supernet import LightHuBERT
@@ -67,7 +67,7 @@ def export_subnet(
             raise ValueError("the official format holds a supernet; export a dense model as compact, hf or onnx")
         if subnet is not None:
             model.set_subnet(subnet)
-        checkpoint.save_file(checkpoint.official_checkpoint(model), output)
+        atomic.save_file(checkpoint.official_checkpoint(model), output)
         return output
     if isinstance(model, HuBERTCTC) and fmt != "hf":
         if subnet is not None:
@@ -101,7 +101,7 @@ def how_to_load(output: Path, fmt: str) -> str:
 def save_compact(model: HuBERT, cfg: ModelConfig, output: Path, dtype: torch.dtype = torch.float32,
                  subnet: Optional[SubnetConfig] = None) -> None:
     """`output/model.safetensors` (in `dtype`) + `output/config.json`; loads back with `strict=True`.
-    Both are written before either replaces an earlier export (`checkpoint.staged_folder`)."""
+    Both are written before either replaces an earlier export (`atomic.staged_folder`)."""
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     meta = {
         "format": checkpoint.COMPACT_FORMAT,
@@ -112,9 +112,9 @@ def save_compact(model: HuBERT, cfg: ModelConfig, output: Path, dtype: torch.dty
     }
     if isinstance(model, HuBERTCTC):
         meta["vocab"] = list(model.vocab)
-    with checkpoint.staged_folder(output) as staged:
-        checkpoint.save_tensors(state, staged / "model.safetensors")
-        checkpoint.save_text(json.dumps(meta, indent=2), staged / "config.json")
+    with atomic.staged_folder(output) as staged:
+        atomic.save_tensors(state, staged / "model.safetensors")
+        atomic.save_text(json.dumps(meta, indent=2), staged / "config.json")
 
 
 def hubert_model_fits(cfg: ModelConfig) -> Optional[str]:
@@ -143,7 +143,7 @@ def save_hf(model: HuBERT, cfg: ModelConfig, output: Path) -> str:
     package's model as remote code (`REMOTE_CODE` files, `auto_map` in config.json), which
     `AutoModel.from_pretrained(output, trust_remote_code=True)` loads.
 
-    Every file is written before any replaces an earlier export's (`checkpoint.staged_folder`).
+    Every file is written before any replaces an earlier export's (`atomic.staged_folder`).
 
     Returns:
         Which: "HubertModel" or "remote code".
@@ -165,14 +165,14 @@ def save_hf(model: HuBERT, cfg: ModelConfig, output: Path) -> str:
         # our model masks padding exactly; HubertModel's group-norm front end would not
         "return_attention_mask": kind == "remote code" or cfg.extractor_mode == "layer_norm",
     }
-    with checkpoint.staged_folder(output, stale=REMOTE_CODE) as staged:  # a HubertModel export over a remote-code one
+    with atomic.staged_folder(output, stale=REMOTE_CODE) as staged:  # a HubertModel export over a remote-code one
         if kind == "remote code":
             source = Path(__file__).parent
             for name in REMOTE_CODE:
-                checkpoint.save_text((source / name).read_text(encoding="utf-8"), staged / name)
-        checkpoint.save_tensors({k: v.contiguous() for k, v in weights.items()}, staged / "model.safetensors", {"format": "pt"})
-        checkpoint.save_text(json.dumps(config, indent=2), staged / "config.json")
-        checkpoint.save_text(json.dumps(processor, indent=2), staged / "preprocessor_config.json")
+                atomic.save_text((source / name).read_text(encoding="utf-8"), staged / name)
+        atomic.save_tensors({k: v.contiguous() for k, v in weights.items()}, staged / "model.safetensors", {"format": "pt"})
+        atomic.save_text(json.dumps(config, indent=2), staged / "config.json")
+        atomic.save_text(json.dumps(processor, indent=2), staged / "preprocessor_config.json")
     return kind
 
 
@@ -223,7 +223,7 @@ def save_onnx(model: HuBERT, output: Path, opset: int = 18, quantize: Optional[s
 
     `quantize="int8"` writes the float graph next to `output` first, then its int8 version
     (`quantize_onnx_int8`) to `output`, and removes the float one. `output` is written as
-    checkpoints are (`checkpoint.write_atomic`): an earlier file survives a full disk.
+    checkpoints are (`atomic.write_atomic`): an earlier file survives a full disk.
 
     Raises:
         MissingExtra: onnx or onnxscript (torch's exporter needs both), or for int8
@@ -244,12 +244,12 @@ def save_onnx(model: HuBERT, output: Path, opset: int = 18, quantize: Optional[s
     if isinstance(model, HuBERTCTC):
         program.model.metadata_props["vocab"] = json.dumps(model.vocab)  # token i of the logits; 0 is the blank
     if quantize is None:
-        checkpoint.write_atomic(output, lambda tmp: program.save(str(tmp)))
+        atomic.write_atomic(output, lambda tmp: program.save(str(tmp)))
         return
     floating = output.with_name(output.stem + ".float32.onnx")
     try:
-        checkpoint.write_atomic(floating, lambda tmp: program.save(str(tmp)))
-        checkpoint.write_atomic(output, lambda tmp: quantize_onnx_int8(floating, tmp))
+        atomic.write_atomic(floating, lambda tmp: program.save(str(tmp)))
+        atomic.write_atomic(output, lambda tmp: quantize_onnx_int8(floating, tmp))
     finally:
         floating.unlink(missing_ok=True)
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from . import checkpoint
+from . import atomic
 from .audio import AudioError, collate, load_audio, normalize
 from .data import batch_by_size
 from .model import HuBERT
@@ -136,7 +136,7 @@ def extract_files(
                         report.failed.append((str(p), str(e)))
                         continue
                     target = out_dir / f"{p.stem}.npy"
-                    checkpoint.write_atomic(target, lambda tmp: _save_npy((feats if layer is None else feats[layer]).numpy(), tmp))
+                    atomic.write_atomic(target, lambda tmp: _save_npy((feats if layer is None else feats[layer]).numpy(), tmp))
                     report.written.append(target)
         except KeyboardInterrupt:
             raise KeyboardInterrupt(f"interrupted after {len(report.written)} of {len(items)} file(s); those in "

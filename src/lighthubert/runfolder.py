@@ -6,7 +6,7 @@
   it wrote, by name, so `step-best.pt` or `step-5-backup.pt` beside them are never touched and
   never taken for the newest checkpoint.
 - Temporary files of interrupted saves (`.step-N.pt.<pid>.<random>.tmp`, as
-  `checkpoint.write_atomic` names them) are removed at start, and
+  `atomic.write_atomic` names them) are removed at start, and
   resuming falls back to the newest checkpoint that reads.
 - `log.jsonl` keeps each step's records once: on resume, records after the resumed step
   (written before the kill, replayed after) are dropped.
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .checkpoint import TEMPORARY
+from .atomic import TEMPORARY
 
 log = logging.getLogger(__name__)
 

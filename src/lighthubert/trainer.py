@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from . import checkpoint, distributed, settings
+from . import atomic, checkpoint, distributed, settings
 from .runfolder import RunFolder, checkpoint_name
 from .data import AudioDataset, Batch, BucketBatchSampler, SkipCounter, batch_collate, validation_batches
 
@@ -371,8 +371,8 @@ class Trainer:
             "overflow_steps": self.overflow_steps, "written": written,
         }
         try:
-            checkpoint.save_file(ckpt, path)
-        except checkpoint.WriteError as e:
+            atomic.save_file(ckpt, path)
+        except atomic.WriteError as e:
             raise TrainingError(f"{e}; {self.resume_hint()}") from None
         self.written = self.folder.prune(written, self.cfg.keep_last)
         return path
