@@ -22,7 +22,7 @@ Builds what a user's stage-2 run has, with random weights (speed does not depend
 
 - a HuBERT-Base-shaped teacher (`HuBERT(ModelConfig(extractor_mode="default", pred_dim=0,
   normalize=False))`, 94.4M parameters, seeded), written with `export.save_compact`;
-- a stage-1 student checkpoint for `--init`: `checkpoint.official_checkpoint(LightHuBERT(space))`
+- a stage-1 student checkpoint for `--init`: `formats.official.checkpoint(LightHuBERT(space))`
   with the `base` space (prediction head as wide as the teacher, as `LightHuBERTRecipe` makes it);
 - `--batch x (warm-up + steps)` utterances of `--seconds` of speech-like audio
   (`audio.synthetic_speech`), as 16 kHz WAVs with a fairseq manifest (`manifest.write_manifest`),
@@ -86,7 +86,7 @@ from typing import Callable
 import soundfile as sf
 import torch
 
-from lighthubert import atomic, checkpoint
+from lighthubert import atomic, formats
 from lighthubert.audio import SAMPLE_RATE, normalize, synthetic_speech
 from lighthubert.manifest import write_manifest
 from lighthubert.export import save_compact
@@ -161,7 +161,7 @@ def build_run(root: Path, args: argparse.Namespace) -> tuple[Trainer, int]:
 
     base = SearchSpace.base()  # what LightHuBERTRecipe builds: the head predicts the teacher's width
     space = dataclasses.replace(base, model=dataclasses.replace(base.model, pred_dim=teacher_cfg.embed_dim))
-    atomic.save_file(checkpoint.official_checkpoint(LightHuBERT(space)), root / "stage1.pt")
+    atomic.save_file(formats.official.checkpoint(LightHuBERT(space)), root / "stage1.pt")
 
     samples = int(args.seconds * SAMPLE_RATE)
     utterances = args.batch * (args.warmup + args.steps + (args.profile_steps + 2 if args.profile else 0))

@@ -21,7 +21,7 @@ import soundfile as sf
 import torch
 import yaml
 
-from lighthubert import convert, corpus
+from lighthubert import corpus, formats
 from lighthubert.manifest import manifest_frames
 from lighthubert.export import save_compact
 from lighthubert.model import HuBERT, ModelConfig
@@ -91,8 +91,8 @@ def demo_like_search(tmp_path):
     checkpoint, a 2-layer 32-wide teacher (its head's width) and a manifest of two generated
     utterances. Returns (checkpoint, teacher folder, valid.tsv)."""
     from lighthubert.atomic import save_file
-    from lighthubert.checkpoint import official_checkpoint
     from lighthubert.audio import synthetic_speech
+    from lighthubert.formats.official import checkpoint as official_checkpoint
 
     save_file(official_checkpoint(demo_like_supernet()), tmp_path / "supernet.pt")
     cfg = ModelConfig(conv_layers=TINY_CONV, embed_dim=32, heads=[1, 1], ffn_dim=[64, 64], head_dim=32, conv_pos=16,
@@ -171,7 +171,7 @@ def official_supernet() -> Callable[[str], LightHuBERT]:
     """`get("base" | "small")` -> the full-size supernet with `seeded.official_state` weights.
 
     Built once per space per session (about 2 s each): the weights are drawn for the official
-    key layout, mapped with `convert.official_to_ours` and loaded strictly. Callers must
+    key layout, mapped with `formats.fairseq.to_ours` and loaded strictly. Callers must
     `set_subnet` what they need; the model is shared.
     """
 
@@ -179,8 +179,8 @@ def official_supernet() -> Callable[[str], LightHuBERT]:
         if name not in _OFFICIAL:
             torch.manual_seed(0)
             model = LightHuBERT(SearchSpace.named(name)).eval()
-            shapes = {k: tuple(v.shape) for k, v in convert.ours_to_official(model.state_dict(), "layer_norm").items()}
-            state, dropped = convert.official_to_ours(seeded.official_state(shapes))
+            shapes = {k: tuple(v.shape) for k, v in formats.fairseq.from_ours(model.state_dict(), "layer_norm").items()}
+            state, dropped = formats.fairseq.to_ours(seeded.official_state(shapes))
             assert dropped == []
             model.load_state_dict(state, strict=True)
             _OFFICIAL[name] = model

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from lighthubert import atomic, checkpoint
+from lighthubert import atomic, checkpoint, formats
 from lighthubert.channel_order import channel_importance, sort_conv_channels
 from lighthubert.model import HuBERT
 from lighthubert.recipes import RunConfig
@@ -72,7 +72,7 @@ def test_stage_2_sorts_the_init_only_when_asked_and_only_for_an_elastic_front_en
     elastic = SearchSpace.from_yaml(tmp_path / "elastic.yaml")
     elastic = dataclasses.replace(elastic, model=dataclasses.replace(elastic.model, pred_dim=64))  # the teacher's width
     init = randomize_(LightHuBERT(elastic), 1)
-    atomic.save_file(checkpoint.official_checkpoint(init), tmp_path / "init.pt")
+    atomic.save_file(formats.official.checkpoint(init), tmp_path / "init.pt")
     settings = {**TRAIN, "stage": 2, "space": str(tmp_path / "elastic.yaml")}
     teacher = str(train_setup / "teacher")
 

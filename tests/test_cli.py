@@ -14,7 +14,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from lighthubert import atomic, checkpoint, demo
+from lighthubert import atomic, checkpoint, demo, formats, safeload
 from lighthubert.cli import main
 from lighthubert.audio import synthetic_speech
 from lighthubert.space import SearchSpace, SubnetConfig
@@ -32,7 +32,7 @@ class Foreign:
 def tiny_checkpoint(tiny_space, tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "tiny.pt"
-    atomic.save_file(checkpoint.official_checkpoint(LightHuBERT(tiny_space)), path)
+    atomic.save_file(formats.official.checkpoint(LightHuBERT(tiny_space)), path)
     return path
 
 
@@ -155,7 +155,7 @@ def test_one_parameter_count_for_one_model(tmp_path, capsys, demo_like_search):
     weight_g = tensors["encoder.pos_conv.0.weight_g"].numel()
     official = sum(v.numel() for v in tensors.values()) - head - weight_g + (192 - 144)  # mask_emb at 192
     ckpt = tmp_path / "supernet.pt"
-    atomic.save_file(checkpoint.official_checkpoint(supernet), ckpt)  # records sub as its subnet
+    atomic.save_file(formats.official.checkpoint(supernet), ckpt)  # records sub as its subnet
     _, teacher, valid = demo_like_search
     subnet = json.dumps({"embed_dim": 144, "heads": [1, 3, 1], "ffn_dim": [288, 288, 576]})
 
@@ -187,7 +187,7 @@ def test_one_parameter_count_for_one_model(tmp_path, capsys, demo_like_search):
 def test_teacher_info_keeps_supernet_and_subnet_apart(tmp_path, capsys):
     supernet = demo_like_supernet()
     supernet.set_subnet(SubnetConfig(144, (2,) * 3, (432,) * 3))
-    atomic.save_file(checkpoint.official_checkpoint(supernet), tmp_path / "s.pt")
+    atomic.save_file(formats.official.checkpoint(supernet), tmp_path / "s.pt")
     code, out, _ = run(capsys, "teacher-info", tmp_path / "s.pt")
     lines = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in out.splitlines())
     assert code == 0 and lines["supernet (maximum shape)"] == "e192 h3 f768 x3"
@@ -259,7 +259,7 @@ def _nan_checkpoint(tmp, ck):
     model = checkpoint.load_model(ck)
     with torch.no_grad():
         model.encoder.layers[0].fc1.weight[0, 0] = float("nan")
-    atomic.save_file(checkpoint.official_checkpoint(model), tmp / "nan.pt")
+    atomic.save_file(formats.official.checkpoint(model), tmp / "nan.pt")
     return tmp / "nan.pt"
 
 
@@ -287,7 +287,7 @@ def _sharded(tmp, ck, weight_map):
 
 
 def _string_in_state(tmp, ck):
-    ckpt = checkpoint.load_file(ck)
+    ckpt = safeload.load_file(ck)
     ckpt["model"][next(iter(ckpt["model"]))] = "not a tensor"
     torch.save(ckpt, tmp / "s.pt")
     return tmp / "s.pt"

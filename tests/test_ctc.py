@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import lighthubert
-from lighthubert import asr, atomic, checkpoint
+from lighthubert import asr, atomic, checkpoint, formats, safeload
 from lighthubert.cli import main
 from lighthubert.audio import normalize
 from lighthubert.losses import span_mask
@@ -63,7 +63,7 @@ def test_ctc_model_and_its_checkpoint(tmp_path):
         HuBERTCTC(cfg, ["A", BLANK])
     torch.manual_seed(0)
     model = HuBERTCTC(cfg, [BLANK, "|", "A", "B"]).eval()
-    atomic.save_file(checkpoint.ctc_checkpoint(model), tmp_path / "ctc.pt")
+    atomic.save_file(formats.ctc.checkpoint(model), tmp_path / "ctc.pt")
     loaded = lighthubert.load(tmp_path / "ctc.pt")
     assert isinstance(loaded, HuBERTCTC) and loaded.vocab == model.vocab
     wav = torch.randn(2, 8000)
@@ -125,8 +125,8 @@ def test_finetune_learns_freezes_then_resumes_bit_identically(train_setup, tmp_p
     shutil.copy(tmp_path / "straight" / "step-3.pt", tmp_path / "resumed" / "step-3.pt")
     assert finetune(train_setup, tmp_path / "resumed", 6, "--set=freeze_encoder_steps=3", "--set=save_every=3",
                     "--resume") == 0
-    a = checkpoint.load_file(tmp_path / "straight" / "step-6.pt")["state_dict"]
-    b = checkpoint.load_file(tmp_path / "resumed" / "step-6.pt")["state_dict"]
+    a = safeload.load_file(tmp_path / "straight" / "step-6.pt")["state_dict"]
+    b = safeload.load_file(tmp_path / "resumed" / "step-6.pt")["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -146,7 +146,7 @@ def test_transcribe_prints_a_line_per_file_and_scores(train_setup, tmp_path, cap
 def test_finetune_a_supernet_subnet(train_setup, tmp_path):
     space = SearchSpace.from_yaml(train_setup / "space.yaml")
     torch.manual_seed(0)
-    atomic.save_file(checkpoint.official_checkpoint(LightHuBERT(space)), tmp_path / "supernet.pt")
+    atomic.save_file(formats.official.checkpoint(LightHuBERT(space)), tmp_path / "supernet.pt")
     assert run_cli("finetune", "--init", tmp_path / "supernet.pt", "--subnet", "min", "--train", train_setup / "train.tsv",
                    "--out", tmp_path / "run", "--set=max_steps=1", *FAST) == 0
     tuned = lighthubert.load(tmp_path / "run" / "step-1.pt")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import lighthubert
-from lighthubert import checkpoint
+from lighthubert import safeload
 from lighthubert.cli import main
 from lighthubert.model import DistilHuBERT, ModelConfig
 
@@ -88,7 +88,7 @@ def test_train_export_and_resume(train_setup, tmp_path, capsys):
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     valid = [r["loss"]["student"] for r in log if r["type"] == "valid"]
     assert len(valid) == 2 and valid[1] < valid[0]
-    saved = checkpoint.load_file(tmp_path / "run" / "step-30.pt")
+    saved = safeload.load_file(tmp_path / "run" / "step-30.pt")
     assert saved["Config"]["distiller"]["pred_layer_id"] == [1, 2, 3] and "output_layer.2.weight" in saved["Distiller"]
     student = lighthubert.load(tmp_path / "run" / "step-30.pt")
     assert isinstance(student, DistilHuBERT) and student.cfg.depth == 2

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import lighthubert
-from lighthubert import atomic, checkpoint
+from lighthubert import atomic, formats, safeload
 from lighthubert.cli import main
 from lighthubert.export import REMOTE_CODE, export_subnet
 from lighthubert.space import SearchSpace, SubnetConfig
@@ -100,7 +100,7 @@ def test_hf_exports_what_hubert_model_cannot_hold_as_remote_code(tmp_path, capsy
     model = demo_like_supernet()
     sub = SubnetConfig(144, (1, 3, 1), (288, 288, 576))
     ckpt = tmp_path / "supernet.pt"
-    atomic.save_file(checkpoint.official_checkpoint(model), ckpt)
+    atomic.save_file(formats.official.checkpoint(model), ckpt)
     assert main(["export", "--checkpoint", str(ckpt), "--format", "hf", "--subnet", json.dumps(
         {"embed_dim": 144, "heads": [1, 3, 1], "ffn_dim": [288, 288, 576]}), "--output", str(tmp_path / "hf")]) == 0
     assert "trust_remote_code=True" in capsys.readouterr().out
@@ -184,7 +184,7 @@ def test_onnx_int8_quantizes_the_transformer_matmuls_only(tiny, tmp_path, capsys
         assert 10 * ATOL < err < 0.05, f"hidden state {i}: relative error {err:.4f}"
 
     ckpt = tmp_path / "s.pt"
-    atomic.save_file(checkpoint.official_checkpoint(tiny), ckpt)
+    atomic.save_file(formats.official.checkpoint(tiny), ckpt)
     assert main(["export", "--checkpoint", str(ckpt), "--format", "compact", "--output", str(tmp_path / "c"),
                  "--quantize", "int8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -234,7 +234,7 @@ def test_written_files_follow_the_umask(tiny, tmp_path, umask):
     """Checkpoints and exports are shared like any other file (they were 0600 beside a 0644 config.json)."""
     old = os.umask(umask)
     try:
-        atomic.save_file(checkpoint.official_checkpoint(tiny), tmp_path / "run" / "step-1.pt")  # the trainer's writer
+        atomic.save_file(formats.official.checkpoint(tiny), tmp_path / "run" / "step-1.pt")  # the trainer's writer
         export_subnet(tiny, tmp_path / "o.pt", "official")
         export_subnet(tiny, tmp_path / "c", "compact")
         export_subnet(tiny, tmp_path / "hf", "hf", SubnetConfig(96, (2, 3, 3), (288, 288, 192)))
@@ -249,7 +249,7 @@ def test_onnx_export_prints_one_line(tiny, tmp_path, capfd):
     """Without -v: our line only; the exporter's INFO lines and warnings stay off the terminal."""
     pytest.importorskip("onnxscript")
     ckpt = tmp_path / "tiny.pt"
-    atomic.save_file(checkpoint.official_checkpoint(tiny), ckpt)
+    atomic.save_file(formats.official.checkpoint(tiny), ckpt)
     assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]) == 0
     out, err = capfd.readouterr()
     assert err == "" and out.count("\n") == 1 and out.startswith("wrote onnx export"), (out, err[:2000])
@@ -258,7 +258,7 @@ def test_onnx_export_prints_one_line(tiny, tmp_path, capfd):
 @pytest.mark.parametrize("missing", ["onnx", "onnxscript"])
 def test_missing_onnx_package_names_the_extra(tiny, tmp_path, capsys, monkeypatch, missing):
     ckpt = tmp_path / "tiny.pt"
-    atomic.save_file(checkpoint.official_checkpoint(tiny), ckpt)
+    atomic.save_file(formats.official.checkpoint(tiny), ckpt)
     monkeypatch.setitem(sys.modules, missing, None)  # `import missing` now raises ImportError
     assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -313,9 +313,9 @@ def test_official_checkpoint_of_a_front_end_space_is_full_width(front_end, tiny_
     """The official format holds the whole supernet (the official code loads it at full width);
     the front-end choice is recorded in our space and subnet under cfg['lighthubert']."""
     export_subnet(front_end, tmp_path / "o.pt", "official", NARROW)
-    ckpt = checkpoint.load_file(tmp_path / "o.pt")
+    ckpt = safeload.load_file(tmp_path / "o.pt")
     torch.manual_seed(0)
-    fixed = checkpoint.official_checkpoint(LightHuBERT(tiny_space))
+    fixed = formats.official.checkpoint(LightHuBERT(tiny_space))
     assert {k: v.shape for k, v in ckpt["model"].items()} == {k: v.shape for k, v in fixed["model"].items()}
     assert ckpt["cfg"]["model"]["conv_feature_layers"] == fixed["cfg"]["model"]["conv_feature_layers"]
     ours = ckpt["cfg"]["lighthubert"]

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 import lighthubert
-from lighthubert import checkpoint, cli
+from lighthubert import checkpoint, cli, formats, safeload
 from lighthubert.audio import synthetic_speech
 from lighthubert.data import AudioDataset, Batch
 from lighthubert.model import ModelConfig
@@ -74,10 +74,10 @@ def test_pretrain_teacher_learns_and_writes_a_fairseq_teacher(train_setup, tmp_p
     train = [r["loss"] for r in log if r["type"] == "train"]
     assert sum(train[-10:]) / 10 < sum(train[:10]) / 10 - 0.2  # the unit cross entropy falls
     ckpt = tmp_path / "t" / "step-60.pt"
-    raw = checkpoint.load_file(ckpt)
+    raw = safeload.load_file(ckpt)
     assert raw["cfg"]["model"]["_name"] == "hubert" and raw["model"]["label_embs_concat"].shape == (8, 16)
     assert raw["units"]["centroids"].shape == (8, 39)
-    kind, teacher = checkpoint.load_with_format(ckpt)
+    kind, teacher = formats.load_with_format(ckpt)
     assert kind == "fairseq" and teacher.cfg.depth == 2 and teacher.cfg.extractor_mode == "default"
     # the loaded teacher computes what the trained model computed
     recipe = RunConfig.from_dict({**SETTINGS, "method": "hubert"}).build()
@@ -98,8 +98,8 @@ def test_pretrain_resume_is_bit_identical(train_setup, tmp_path):
     (tmp_path / "resumed").mkdir()  # a run stopped after step 3: its checkpoint alone
     shutil.copy(tmp_path / "straight" / "step-3.pt", tmp_path / "resumed" / "step-3.pt")
     assert _pretrain(train_setup, tmp_path / "resumed", 6, "--resume") == 0
-    a = checkpoint.load_file(tmp_path / "straight" / "step-6.pt")
-    b = checkpoint.load_file(tmp_path / "resumed" / "step-6.pt")
+    a = safeload.load_file(tmp_path / "straight" / "step-6.pt")
+    b = safeload.load_file(tmp_path / "resumed" / "step-6.pt")
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert torch.equal(a["units"]["centroids"], b["units"]["centroids"])
@@ -148,7 +148,7 @@ def test_iteration_2_clusters_an_earlier_models_layer(train_setup, tmp_path, cap
     assert torch.equal(units[0], torch.cdist(z, recipe.units.centroids).argmin(-1))
     assert _pretrain(train_setup, tmp_path / "it2", 2, "--set", f"units_from={train_setup / 'teacher'}",
                      "--set", "units_layer=2") == 0
-    assert checkpoint.load_file(tmp_path / "it2" / "step-2.pt")["units"]["centroids"].shape == (8, 64)
+    assert safeload.load_file(tmp_path / "it2" / "step-2.pt")["units"]["centroids"].shape == (8, 64)
     from lighthubert.export import save_compact
 
     odd = checkpoint.load_model(train_setup / "teacher")

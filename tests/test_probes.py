@@ -15,7 +15,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from lighthubert import atomic, checkpoint, probes
+from lighthubert import atomic, checkpoint, formats, probes
 from lighthubert.cli import main
 from lighthubert.audio import load_audio
 from lighthubert.supernet import LightHuBERT
@@ -205,7 +205,7 @@ def test_probe_is_deterministic_for_a_seed_and_leaves_the_global_rng_alone(small
 def tiny_checkpoint(tiny_space, tmp_path) -> Path:
     torch.manual_seed(0)
     path = tmp_path / "tiny.pt"
-    atomic.save_file(checkpoint.official_checkpoint(LightHuBERT(tiny_space)), path)
+    atomic.save_file(formats.official.checkpoint(LightHuBERT(tiny_space)), path)
     return path
 
 

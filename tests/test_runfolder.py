@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from lighthubert import atomic, checkpoint
+from lighthubert import atomic, safeload
 from lighthubert.cli import main
 from lighthubert.recipes import RunConfig
 from lighthubert.runfolder import LOCK, RunFolder
@@ -78,7 +78,7 @@ def test_resume_falls_back_to_the_newest_readable_checkpoint(train_setup, tmp_pa
     assert main(distill(train_setup, out, "--set=max_steps=3", "--set=save_every=1", "--resume")) == 0
     assert "step-3.pt: not a readable PyTorch checkpoint" in caplog.text and "trying the checkpoint before it" in caplog.text
     assert f"resumed from {out / 'step-2.pt'} at step 2" in caplog.text
-    assert checkpoint.load_file(out / "step-3.pt")["trainer"]["step"] == 3  # rewritten from step 2
+    assert safeload.load_file(out / "step-3.pt")["trainer"]["step"] == 3  # rewritten from step 2
 
 
 @pytest.mark.parametrize("samples", [399, 401])

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import lighthubert
-from lighthubert import atomic, checkpoint, convert
+from lighthubert import atomic, formats
 from lighthubert.export import save_compact
 from lighthubert.model import DistilHuBERT, ModelConfig
 from lighthubert.s3prl_upstream import UpstreamExpert, lighthubert_any_local
@@ -48,7 +48,7 @@ def test_our_upstream_through_s3prl_featurizer(tmp_path):
     interfaces = s3prl("s3prl.upstream.interfaces")
     supernet = demo_like_supernet()
     ckpt = tmp_path / "supernet.pt"
-    atomic.save_file(checkpoint.official_checkpoint(supernet), ckpt)
+    atomic.save_file(formats.official.checkpoint(supernet), ckpt)
     sub = SubnetConfig(144, (1, 3, 1), (288, 288, 576))
     (tmp_path / "subnet.json").write_text(json.dumps(sub.to_official()))
     upstream = lighthubert_any_local(str(ckpt), model_config=str(tmp_path / "subnet.json"), refresh=False).eval()
@@ -89,7 +89,7 @@ def test_s3prl_lighthubert_local_reads_our_official_checkpoint(official_supernet
     model = official_supernet("small")
     model.set_subnet("default")
     ckpt = tmp_path / "small.pt"
-    saved = checkpoint.official_checkpoint(model)
+    saved = formats.official.checkpoint(model)
     atomic.save_file(saved, ckpt)
     theirs = expert_module.lighthubert_local(str(ckpt)).eval()
     _state_matches(theirs.model, saved["model"])
@@ -114,8 +114,8 @@ def test_s3prl_distiller_local_reads_our_distilhubert_checkpoint(tmp_path):
                       head_dim=32, conv_pos=16, conv_pos_groups=16, pred_dim=0, normalize=False, feature_layer_norm=False)
     torch.manual_seed(0)
     student = randomize_(DistilHuBERT(cfg, [1, 2], 48), 1).eval()  # heads predict a 48-wide teacher
-    saved = {"Distiller": convert.ours_to_distiller(student.state_dict(), cfg.extractor_mode),
-             "Config": {"distiller": convert.distiller_config_dict(cfg, student.targets, target_dim=48)}}
+    saved = {"Distiller": formats.s3prl.from_ours(student.state_dict(), cfg.extractor_mode),
+             "Config": {"distiller": formats.s3prl.config_dict(cfg, student.targets, target_dim=48)}}
     ckpt = tmp_path / "states-10.ckpt"
     torch.save(saved, ckpt)
     theirs = expert_module.distiller_local(str(ckpt)).eval()

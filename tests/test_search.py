@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from lighthubert import atomic, checkpoint
+from lighthubert import atomic, checkpoint, formats, safeload
 from lighthubert.cli import main
 from lighthubert.search import Fitness, GenomeCodec, SearchConfig, check_budgets, pareto_front, search, training_fitness
 from lighthubert.space import SearchSpace, SubnetConfig, count_macs, count_subnet_params
@@ -163,7 +163,7 @@ def test_evolution_vs_random_same_evaluations(setup, train_setup, tmp_path):
 def test_cli_search(setup, train_setup, tmp_path, capsys):
     model, _, space = setup
     ckpt = tmp_path / "supernet.pt"
-    atomic.save_file(checkpoint.official_checkpoint(model), ckpt)
+    atomic.save_file(formats.official.checkpoint(model), ckpt)
     base = ["search", "--checkpoint", str(ckpt), "--teacher", str(train_setup / "teacher"), "--valid",
             str(train_setup / "valid.tsv"), "--out", str(tmp_path / "s"), "--target-layers", "2", "--population", "3",
             "--generations", "2", "--valid-batches", "1", "--device", "cpu", "--quiet"]
@@ -206,7 +206,7 @@ def test_search_takes_its_fitness_from_the_supernets_training_run(train_setup, t
         recipe = cfg.build(teacher=str(train_setup / "teacher"), init=str(init) if init else None)
         Trainer(recipe, cfg.train, str(train_setup / "train.tsv"), str(train_setup / "valid.tsv"), str(tmp_path / f"s{stage}")).fit()
     ckpt = tmp_path / "s2" / "step-2.pt"
-    fitness = training_fitness(checkpoint.load_file(ckpt))
+    fitness = training_fitness(safeload.load_file(ckpt))
     assert fitness == {"target_layers": 2, "instance_norm": True, "mask_prob": 0.65, "mask_length": 3, "loss_on": "masked",
                        "max_batch_samples": 64000, "max_sample_size": 12000, "min_sample_size": 4000}
     logged = [json.loads(line) for line in (tmp_path / "s2" / "log.jsonl").read_text().splitlines()]

@@ -23,7 +23,7 @@ import soundfile as sf
 import torch
 import yaml
 
-from lighthubert import atomic, checkpoint
+from lighthubert import atomic, checkpoint, formats, safeload
 from lighthubert.cli import main
 from lighthubert.audio import normalize
 from lighthubert.data import AudioDataset, validation_batches
@@ -170,7 +170,7 @@ def test_a_supernet_at_its_subnet_is_a_teacher(train_setup, tmp_path):
     torch.manual_seed(0)
     supernet = LightHuBERT(space)
     supernet.set_subnet(space.min())  # e32, narrower than the supernet's 64
-    atomic.save_file(checkpoint.official_checkpoint(supernet), tmp_path / "supernet.pt")
+    atomic.save_file(formats.official.checkpoint(supernet), tmp_path / "supernet.pt")
     cfg = RunConfig.from_dict({**TRAIN, "space": str(train_setup / "space.yaml"), "max_steps": 2, "target_layers": 2})
     recipe = cfg.build(teacher=str(tmp_path / "supernet.pt"))
     assert recipe.teacher.cfg.embed_dim == 32 and recipe.teacher.cfg.depth == 2
@@ -285,7 +285,7 @@ PARITY = {"mask_prob": 0.0, "loss_on": "all", "min_sample_size": 1000, "lr": 2e-
 
 
 def _params(path: Path) -> dict[str, torch.Tensor]:
-    return {k: v.double() for k, v in checkpoint.load_file(path)["model"].items()}
+    return {k: v.double() for k, v in safeload.load_file(path)["model"].items()}
 
 
 def assert_same_update(a: dict, b: dict, start: dict, margin: float = 1e-4) -> float:
@@ -319,7 +319,7 @@ def _init_checkpoint(setup: Path, tmp: Path) -> Path:
         torch.manual_seed(0)
         model = LightHuBERT(dataclasses.replace(space, model=dataclasses.replace(space.model, pred_dim=teacher.cfg.embed_dim)))
         model.set_subnet("max")
-        atomic.save_file(checkpoint.official_checkpoint(model, stage1=True), path)
+        atomic.save_file(formats.official.checkpoint(model, stage1=True), path)
     return path
 
 
@@ -349,7 +349,7 @@ def test_stage1_then_stage2_on_fsdd(fsdd_setup, capsys):
     valid = [r["loss"]["max"] for r in _log(s1) if r["type"] == "valid"]
     assert len(valid) == 2 and valid[1] < valid[0]  # the validation loss falls
     stage1 = s1 / "step-40.pt"
-    assert checkpoint.load_file(stage1)["cfg"]["model"]["_name"] == "student_hubert"
+    assert safeload.load_file(stage1)["cfg"]["model"]["_name"] == "student_hubert"
 
     assert run_cli("distill", "--stage", "2", *common, "--out", s2, "--init", stage1, "--set", "max_steps=20",
                    "--set", "valid_every=1", "--set", "sampling=sandwich", "--set", "sandwich_random=1") == 0
@@ -407,7 +407,7 @@ def _assert_logged_once(run: Path) -> None:
 
 
 def _assert_identical(a: Path, b: Path) -> None:
-    x, y = checkpoint.load_file(a)["model"], checkpoint.load_file(b)["model"]
+    x, y = safeload.load_file(a)["model"], safeload.load_file(b)["model"]
     assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), [k for k in x if not torch.equal(x[k], y[k])]
 
 
@@ -464,7 +464,7 @@ def test_non_finite_losses_stop_the_run_with_good_weights(train_setup, tmp_path,
                    "--set", "max_bad_steps=3", "--set", "init_from_teacher=false")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "3 non-finite steps in a row at step 3" in err[-1] and "--resume" in err[-1]
-    saved = checkpoint.load_file(tmp_path / "run" / "step-3.pt")
+    saved = safeload.load_file(tmp_path / "run" / "step-3.pt")
     assert all(torch.isfinite(v).all() for v in saved["model"].values())  # skipped steps never touched the weights
     assert saved["trainer"]["bad_steps"] == 3
 
@@ -540,7 +540,7 @@ def test_stage2_with_an_elastic_front_end(train_setup, stage1_ckpt, tmp_path):
     trained = [r for r in _log(tmp_path / "r") if r["type"] == "train"]
     assert len(trained) == 2 and all(math.isfinite(r["loss"]) for r in trained)
     assert trained[0]["subnets"][0].endswith(" c32") and trained[0]["subnets"][1].endswith(" c16")  # max, min
-    ckpt = checkpoint.load_file(tmp_path / "r" / "step-2.pt")
+    ckpt = safeload.load_file(tmp_path / "r" / "step-2.pt")
     assert ckpt["model"]["feature_extractor.conv_layers.1.0.weight"].shape == (32, 32, 3)
     assert ckpt["cfg"]["lighthubert"]["space"]["search_space"]["conv_dim"] == [16, 32]
     model = checkpoint.load_model(tmp_path / "r" / "step-2.pt")

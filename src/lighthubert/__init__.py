@@ -9,7 +9,7 @@ Public API::
 """
 
 from .checkpoint import load_model as load
-from .convert import CheckpointError
+from .safeload import CheckpointError
 from .audio import AudioError, load_audio
 from .extract import extract, extract_files
 from .model import HuBERT, ModelConfig

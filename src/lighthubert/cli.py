@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 import yaml
 
-from . import asr, audio, checkpoint, demo, distributed, manifest, probes, search, settings, transcripts
+from . import asr, audio, checkpoint, demo, distributed, formats, manifest, probes, safeload, search, settings, transcripts
 from .export import FORMATS as EXPORT_FORMATS
 from .export import QUANTIZE as EXPORT_QUANTIZE
 from .export import MissingExtra, export_subnet, how_to_load
@@ -126,7 +126,7 @@ def _teacher_info_rows(path: Union[str, Path]) -> list[tuple[str, str, Any]]:
     A supernet shows its maximum shape and its active subnet on separate lines; the counts
     are those of the active subnet (the official rule) and of every tensor loaded.
     """
-    kind, model = checkpoint.load_with_format(path)
+    kind, model = formats.load_with_format(path)
     rows: list[tuple[str, str, Any]] = [("path", "path", str(path)), ("format", "format", kind)]
     if isinstance(model, LightHuBERT):
         space = model.space
@@ -302,7 +302,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 def _search_fitness(args: argparse.Namespace) -> tuple[dict, str]:
     """The fitness settings (a flag, else the supernet's own training run, else the default)
     and a line saying which each came from."""
-    run = search.training_fitness(checkpoint.load_file(args.checkpoint)) if Path(args.checkpoint).is_file() else {}
+    run = search.training_fitness(safeload.load_file(args.checkpoint)) if Path(args.checkpoint).is_file() else {}
     defaults = search.SearchConfig()
     chosen, said = {}, []
     for key in search.FITNESS_FROM_RUN:

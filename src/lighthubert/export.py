@@ -27,7 +27,8 @@ from typing import Iterator, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from . import atomic, checkpoint, convert
+from . import atomic, checkpoint
+from .formats import compact, official, transformers
 from .model import HuBERT, HuBERTCTC, ModelConfig
 from .space import SubnetConfig
 from .supernet import LightHuBERT
@@ -67,7 +68,7 @@ def export_subnet(
             raise ValueError("the official format holds a supernet; export a dense model as compact, hf or onnx")
         if subnet is not None:
             model.set_subnet(subnet)
-        atomic.save_file(checkpoint.official_checkpoint(model), output)
+        atomic.save_file(official.checkpoint(model), output)
         return output
     if isinstance(model, HuBERTCTC) and fmt != "hf":
         if subnet is not None:
@@ -104,7 +105,7 @@ def save_compact(model: HuBERT, cfg: ModelConfig, output: Path, dtype: torch.dty
     Both are written before either replaces an earlier export (`atomic.staged_folder`)."""
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     meta = {
-        "format": checkpoint.COMPACT_FORMAT,
+        "format": compact.FORMAT,
         "version": 1,
         "model": cfg.asdict(),
         "subnet": None if subnet is None else subnet.to_official(cfg.head_dim),
@@ -151,7 +152,7 @@ def save_hf(model: HuBERT, cfg: ModelConfig, output: Path) -> str:
     state = {k: v.detach().cpu().float() for k, v in model.state_dict().items() if not k.startswith("layer_pred_heads.")}
     why = hubert_model_fits(cfg)
     if why is None:
-        kind, weights, config = "HubertModel", convert.ours_to_hf(_pad_heads(state, cfg)), convert.hf_config(cfg)
+        kind, weights, config = "HubertModel", transformers.from_ours(_pad_heads(state, cfg)), transformers.config_dict(cfg)
     else:
         log.info("%s: writing this package's model as transformers remote code", why)
         kind, weights, config = "remote code", {f"hubert.{k}": v for k, v in state.items()}, _remote_config(cfg)

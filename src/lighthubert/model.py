@@ -6,7 +6,7 @@ per layer, so an exported non-uniform subnet is an ordinary `HuBERT`. The supern
 
 Module attributes follow fairseq's keys (`post_extract_proj`, `encoder.pos_conv.0`,
 `encoder.layers.{i}.self_attn.q_proj`, `fc1`, `layer_pred_heads`), so the encoder of an
-official checkpoint loads as is; only the conv front end's keys are renamed (`convert.py`).
+official checkpoint loads as is; only the conv front end's keys are renamed (`formats/fairseq.py`).
 
 Shapes: `B` batch, `N` samples, `T` frames, `E` embed dim, `C` conv channels.
 """
@@ -252,7 +252,7 @@ class PosConv(nn.Module):
 
     Holds fairseq's `weight_g` (1, 1, k) and `weight_v` (E, E/groups, k) directly (weight
     norm over all dims but the kernel one, `dim=2`), so official keys load unchanged; the
-    `parametrizations.weight.original0/1` spelling is mapped in `convert.py`.
+    `parametrizations.weight.original0/1` spelling is mapped in `formats/keys.py`.
     """
 
     def __init__(self, embed_dim: int, kernel: int, groups: int) -> None:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from . import atomic, checkpoint, distributed, settings
+from . import atomic, distributed, safeload, settings
 from .runfolder import RunFolder, checkpoint_name
 from .data import AudioDataset, Batch, BucketBatchSampler, SkipCounter, batch_collate, validation_batches
 
@@ -388,7 +388,7 @@ class Trainer:
         Raises:
             ValueError: the checkpoint was written with other settings (names them).
         """
-        found = self.folder.newest_readable(checkpoint.load_file)
+        found = self.folder.newest_readable(safeload.load_file)
         if found is None:
             return False
         path, ckpt = found

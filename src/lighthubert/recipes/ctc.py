@@ -22,7 +22,8 @@ from typing import Any, ClassVar, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .. import checkpoint
+from .. import checkpoint, safeload
+from ..formats import ctc
 from ..audio import normalize
 from ..data import AudioDataset, Batch
 from ..losses import ctc_loss, span_mask
@@ -109,7 +110,7 @@ class CTCRecipe:
             state.update({k: v for k, v in source.state_dict().items() if k.startswith("ctc_proj.")})
         missing, unexpected = student.load_state_dict(state, strict=False)
         if unexpected or set(missing) - {"ctc_proj.weight", "ctc_proj.bias"}:
-            raise checkpoint.CheckpointError(f"{self.init}: encoder does not fit its own shape (missing {missing[:3]}, "
+            raise safeload.CheckpointError(f"{self.init}: encoder does not fit its own shape (missing {missing[:3]}, "
                                              f"unexpected {unexpected[:3]})")
         student.feature_extractor.requires_grad_(False)  # the conv front end stays as it is (feature_grad_mult 0)
         if s.mask_prob <= 0:
@@ -163,7 +164,7 @@ class CTCRecipe:
         return ctc_loss(out.prediction.float().log_softmax(-1), frames, *target)
 
     def save(self, student: HuBERTCTC) -> dict[str, Any]:
-        return checkpoint.ctc_checkpoint(student)
+        return ctc.checkpoint(student)
 
     def restore(self, student: nn.Module, ckpt: dict[str, Any], source: str) -> None:
         checkpoint.restore_weights(student, ckpt, source)

@@ -18,7 +18,8 @@ from typing import Any, ClassVar, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .. import checkpoint, convert
+from .. import checkpoint, safeload
+from ..formats import s3prl
 from ..audio import normalize
 from ..data import AudioDataset, Batch
 from ..losses import distilhubert_loss
@@ -89,7 +90,7 @@ class DistilHuBERTRecipe:
             if not isinstance(source, DistilHuBERT) or source.targets != student.targets:
                 found = f"heads for layers {source.targets}" if isinstance(source, DistilHuBERT) else "no prediction heads"
                 raise ValueError(f"{self.init} has {found}; this run predicts layers {student.targets} (distil_targets)")
-            checkpoint.load_state(student, source.state_dict(), self.init)
+            safeload.load_state(student, source.state_dict(), self.init)
         else:  # the teacher's front end, positional conv and first layers (same shape and meaning)
             copied = matching_state(self.teacher, student)
             student.load_state_dict(copied, strict=False)
@@ -114,9 +115,7 @@ class DistilHuBERTRecipe:
 
     def save(self, student: DistilHuBERT) -> dict[str, Any]:
         """s3prl's `states-*.ckpt` layout, so its `distiller_local` upstream reads our students."""
-        return {"Distiller": convert.ours_to_distiller(student.state_dict(), student.cfg.extractor_mode),
-                "Config": {"distiller": convert.distiller_config_dict(student.cfg, student.targets,
-                                                                      student.output_layer[2].weight.shape[-1])}}
+        return s3prl.checkpoint(student)
 
     def restore(self, student: nn.Module, ckpt: dict[str, Any], source: str) -> None:
         checkpoint.restore_weights(student, ckpt, source)

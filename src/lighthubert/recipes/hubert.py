@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .. import checkpoint, convert
+from .. import checkpoint, safeload
 from .. import settings as typed  # `settings` is the recipe's own settings object here
+from ..formats import fairseq
 from ..audio import normalize
 from ..data import AudioDataset, Batch
 from ..losses import span_mask
@@ -276,17 +277,17 @@ class HuBERTRecipe:
         m, s = student.cfg, self.settings
         state = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
         heads = {k: state.pop(k) for k in ("final_proj.weight", "final_proj.bias", "label_embs_concat")}
-        model_cfg = convert.fairseq_config(m, dropout=m.dropout, final_dim=s.final_dim, logit_temp=s.logit_temp,
-                                           label_rate=50, mask_prob=s.mask_prob, mask_length=s.mask_length)
+        model_cfg = fairseq.config_dict(m, dropout=m.dropout, final_dim=s.final_dim, logit_temp=s.logit_temp,
+                                        label_rate=50, mask_prob=s.mask_prob, mask_length=s.mask_length)
         return {"cfg": {"model": model_cfg,
                         "task": {"_name": "hubert_pretraining", "normalize": m.normalize, "sample_rate": 16000,
                                  "labels": ["km"], "label_rate": 50}},
-                "model": {**convert.ours_to_official(state, m.extractor_mode), **heads},
+                "model": {**fairseq.from_ours(state, m.extractor_mode), **heads},
                 "units": self.units.state() if self.units is not None else None}
 
     def restore(self, student: UnitPredictor, ckpt: dict[str, Any], source: str) -> None:
-        state, heads = convert.official_to_ours(ckpt["model"])
+        state, heads = fairseq.to_ours(ckpt["model"])
         state.update({k: ckpt["model"][k] for k in heads})
-        checkpoint.load_state(student, state, source)
+        safeload.load_state(student, state, source)
         if ckpt.get("units"):
             self.units = Units(**ckpt["units"])

@@ -18,7 +18,8 @@ from typing import Any, ClassVar, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .. import checkpoint
+from .. import checkpoint, safeload
+from ..formats import official
 from ..audio import normalize
 from ..channel_order import sort_conv_channels
 from ..data import AudioDataset, Batch
@@ -111,7 +112,7 @@ class LightHuBERTRecipe:
         student = LightHuBERT(self.space)
         if self.init:
             source = checkpoint.load_model(self.init)
-            checkpoint.load_state(student, source.state_dict(), self.init)
+            safeload.load_state(student, source.state_dict(), self.init)
             log.info("student initialised from %s", self.init)
             if self.settings.sort_conv_channels:
                 sort_conv_channels(student)
@@ -161,7 +162,7 @@ class LightHuBERTRecipe:
 
     def save(self, student: LightHuBERT) -> dict[str, Any]:
         student.set_subnet(self.space.max() if self.settings.stage == 1 else self.space.default)
-        return checkpoint.official_checkpoint(student, stage1=self.settings.stage == 1)
+        return official.checkpoint(student, stage1=self.settings.stage == 1)
 
     def restore(self, student: nn.Module, ckpt: dict[str, Any], source: str) -> None:
         checkpoint.restore_weights(student, ckpt, source)
