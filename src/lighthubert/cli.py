@@ -127,7 +127,8 @@ def _teacher_info_rows(path: Union[str, Path]) -> list[tuple[str, str, Any]]:
     are those of the active subnet (the official rule) and of every tensor loaded.
     """
     kind, model = formats.load_with_format(path)
-    rows: list[tuple[str, str, Any]] = [("path", "path", str(path)), ("format", "format", kind)]
+    rows: list[tuple[str, str, Any]] = [("path", "path", str(path)), ("format", "format", kind),
+                                        ("architecture", "architecture", _architecture(model))]
     if isinstance(model, LightHuBERT):
         space = model.space
         widest = SubnetConfig.of(space.model)  # its front end only where subnets choose one, as theirs
@@ -148,6 +149,18 @@ def _teacher_info_rows(path: Union[str, Path]) -> list[tuple[str, str, Any]]:
              ("parameters", "parameters (official rule)", count_params(cfg)),
              ("all_weights", f"all weights ({whole})", sum(p.numel() for p in model.parameters()))]
     return rows
+
+
+def _architecture(model: HuBERT) -> str:
+    """The model family, from what its config runs: WavLM's relative bias, data2vec's conv stack."""
+    cfg = model.cfg
+    if isinstance(model, LightHuBERT):
+        return "LightHuBERT supernet"
+    if cfg.relative_buckets:
+        return f"WavLM (gated relative position bias, {cfg.relative_buckets} buckets up to {cfg.relative_max_distance} frames)"
+    if cfg.pos_conv_layers:
+        return f"data2vec audio ({cfg.pos_conv_layers} positional convs with LayerNorm)"
+    return "HuBERT / wav2vec 2.0"
 
 
 def cmd_teacher_info(args: argparse.Namespace) -> int:
@@ -221,6 +234,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         chosen["librispeech"] = args.librispeech
     if args.data:
         chosen.update(data=args.data, test_regex=args.test_regex)
+    if args.teacher:
+        chosen["teacher"] = args.teacher
     if args.labels:
         if not args.data:
             raise ValueError("--labels names the labels of --data files; the other corpora have their own")
@@ -430,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--stage", type=int, choices=(1, 2), help="1: full-size student; 2: once-for-all supernet (needs --init)")
     t.add_argument("--method", choices=("lighthubert", "distilhubert"), help="recipe (default lighthubert; "
                    "distilhubert switches to its paper's defaults, see --print-config)")
-    t.add_argument("--teacher", help="teacher checkpoint: fairseq .pt, transformers folder, torchaudio, compact, LightHuBERT")
+    t.add_argument("--teacher", help="teacher checkpoint: fairseq .pt, transformers folder, torchaudio, compact, LightHuBERT, "
+                   "WavLM (folder or the authors' .pt), data2vec audio (folder or fairseq .pt)")
     t.add_argument("--init", help="initial student weights (stage 2: the stage-1 checkpoint)")
     _training_args(t)
 
@@ -467,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--labels", action="append", metavar="NAME=SPEC", help="a probe: regex on the file stem (first "
                    "group = label) or CSV file of path,label; repeatable, e.g. word='^(\\d)_' speaker='^\\d_(\\w+)_'")
     d.add_argument("--test-regex", help="--data files whose stem matches are the test set (default: a seeded 20%%)")
+    d.add_argument("--teacher", metavar="PATH", help="distil this teacher (any model `load` reads: HuBERT, WavLM, "
+                   "data2vec, ...) instead of pre-training one; the supernet takes its shape")
     d.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a demo setting, e.g. teacher_steps=300 "
                    "(see docs/demo.md)")
     d.set_defaults(func=cmd_demo)

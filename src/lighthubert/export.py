@@ -134,7 +134,7 @@ def hubert_model_fits(cfg: ModelConfig) -> Optional[str]:
     return None
 
 
-REMOTE_CODE = ("configuration_lighthubert.py", "modeling_lighthubert.py", "model.py")  # written into remote-code folders
+REMOTE_CODE = ("configuration_lighthubert.py", "modeling_lighthubert.py", "model.py", "positions.py")  # written into remote-code folders
 
 
 def save_hf(model: HuBERT, cfg: ModelConfig, output: Path) -> str:

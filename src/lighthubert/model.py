@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .positions import LayerNormPosConv, gated_bias, position_bias
+
 _DEFAULT_CONV = [[512, 10, 5]] + [[512, 3, 2]] * 4 + [[512, 2, 2]] * 2
 
 
@@ -39,6 +41,9 @@ class ModelConfig:
     feature_layer_norm: bool = True  # LayerNorm on the CNN frames before the projection (transformers: feat_proj_layer_norm)
     conv_pos: int = 128  # positional conv kernel size
     conv_pos_groups: int = 16  # positional conv groups
+    pos_conv_layers: int = 0  # data2vec audio: this many conv -> LayerNorm -> GELU blocks of kernel conv_pos as the positional encoder (0: HuBERT's one weight-normed conv); official: pos_conv_depth
+    relative_buckets: int = 0  # WavLM: buckets of the gated relative position bias (0: none); official: num_buckets
+    relative_max_distance: int = 800  # WavLM: the offset of the last relative bucket; official: max_distance
     layer_norm_first: bool = False  # pre-LN layers (False: post-LN, as HuBERT Base and LightHuBERT)
     pred_dim: int = 768  # width of the distillation prediction head; 0 for none; official: teacher_embed_dim
     normalize: bool = True  # expects per-utterance normalised waveforms (official task.normalize)
@@ -67,6 +72,15 @@ class ModelConfig:
         for name in ("embed_dim", "head_dim", "conv_pos", "conv_pos_groups"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.pos_conv_layers < 0:
+            raise ValueError(f"pos_conv_layers must be >= 0 (0: one weight-normed conv), got {self.pos_conv_layers}")
+        if self.relative_buckets:
+            if self.relative_buckets < 4 or self.relative_max_distance <= self.relative_buckets // 4:
+                raise ValueError(f"relative_buckets must be at least 4 and relative_max_distance above a quarter of them, "
+                                 f"got {self.relative_buckets} and {self.relative_max_distance}")
+            if any(h * self.head_dim != self.embed_dim for h in self.heads):
+                raise ValueError(f"WavLM's gate splits embed_dim {self.embed_dim} into heads of {self.head_dim}: "
+                                 f"every layer needs heads x head_dim = embed_dim, got heads {self.heads}")
         if self.pred_dim < 0:
             raise ValueError(f"pred_dim must be >= 0 (0: no prediction head), got {self.pred_dim}")
         for name in ("dropout", "activation_dropout", "layerdrop", "dropout_input"):
@@ -87,12 +101,17 @@ class ModelConfig:
         return self.conv_layers[-1][0]
 
     def asdict(self) -> dict[str, Any]:
-        """The fields as a dict; `supernet_embed_dim` only for a subnet, so that the configs of
-        other models read the same as those written before the field existed."""
+        """The fields as a dict; those of subnets and of WavLM / data2vec teachers only where they
+        are set, so that the configs of other models read the same as those written before the
+        fields existed."""
         d = dataclasses.asdict(self)
-        if not self.supernet_embed_dim:
-            del d["supernet_embed_dim"]
+        for name, unset in _OPTIONAL_FIELDS.items():
+            if d[name] == unset:
+                del d[name]
         return d
+
+
+_OPTIONAL_FIELDS = {"supernet_embed_dim": 0, "pos_conv_layers": 0, "relative_buckets": 0, "relative_max_distance": 800}
 
 
 def dense_linear(in_features: int, out_features: int, bias: bool = True, in_blocks: int = 1, out_blocks: int = 1) -> nn.Linear:
@@ -302,9 +321,14 @@ class SelfAttention(nn.Module):
     Deriving the heads from the projected width lets the elastic model switch heads by
     slicing `q/k/v_proj` alone (prefix heads, as the official `SMHA`). fairseq's attention
     dropout is not applied: the official LightHuBERT never applies it either.
+
+    With `relative_buckets` (WavLM), the scores get the encoder's relative position bias,
+    gated per head and query by this layer's `grep_linear` and `grep_a`; the first layer
+    holds the bucket embedding (`relative_attention_bias`). The names are the authors' keys.
     """
 
-    def __init__(self, embed_dim: int, heads: int, head_dim: int, ops: Ops = DENSE) -> None:
+    def __init__(self, embed_dim: int, heads: int, head_dim: int, ops: Ops = DENSE, relative_buckets: int = 0,
+                 owns_bias: bool = False) -> None:
         super().__init__()
         self.head_dim = head_dim
         inner = heads * head_dim
@@ -316,11 +340,20 @@ class SelfAttention(nn.Module):
             nn.init.xavier_uniform_(proj.weight, gain=1 / math.sqrt(2))
         nn.init.xavier_uniform_(self.out_proj.weight)
         nn.init.zeros_(self.out_proj.bias)
+        if relative_buckets:
+            self.grep_linear = nn.Linear(head_dim, 8)
+            self.grep_a = nn.Parameter(torch.ones(1, heads, 1, 1))
+            if owns_bias:
+                self.relative_attention_bias = nn.Embedding(relative_buckets, heads)
 
-    def forward(self, x: Tensor, padding_mask: Optional[Tensor]) -> Tensor:  # (B, T, E) -> (B, T, E)
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor], bias: Optional[Tensor] = None) -> Tensor:  # (B, T, E) -> (B, T, E)
+        """`bias` (H, T, T): the relative position bias (WavLM), gated here; None for none."""
         bsz, t, _ = x.shape
         q, k, v = (p(x).view(bsz, t, -1, self.head_dim).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
         mask = None if padding_mask is None else ~padding_mask[:, None, None, :]
+        if bias is not None:
+            gated = gated_bias(x, bias, self.grep_linear, self.grep_a).to(q.dtype)
+            mask = gated if mask is None else gated.masked_fill(~mask, float("-inf"))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out_proj(y.transpose(1, 2).reshape(bsz, t, -1))
 
@@ -332,10 +365,11 @@ class EncoderLayer(nn.Module):
     targets average (reference notes §2.4).
     """
 
-    def __init__(self, embed_dim: int, heads: int, head_dim: int, ffn_dim: int, cfg: ModelConfig, ops: Ops = DENSE) -> None:
+    def __init__(self, embed_dim: int, heads: int, head_dim: int, ffn_dim: int, cfg: ModelConfig, ops: Ops = DENSE,
+                 first: bool = False) -> None:
         super().__init__()
         self.layer_norm_first = cfg.layer_norm_first
-        self.self_attn = SelfAttention(embed_dim, heads, head_dim, ops)
+        self.self_attn = SelfAttention(embed_dim, heads, head_dim, ops, cfg.relative_buckets, owns_bias=first)
         self.self_attn_layer_norm = ops.layer_norm(embed_dim)
         # FFN units come in blocks of embed_dim (the official SLinear splits); see ElasticLinear.
         blocks = max(ffn_dim // embed_dim, 1)
@@ -348,14 +382,14 @@ class EncoderLayer(nn.Module):
             nn.init.normal_(fc.weight, std=0.02)
             nn.init.zeros_(fc.bias)
 
-    def forward(self, x: Tensor, padding_mask: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor], bias: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         residual = x
         if self.layer_norm_first:
-            x = residual + self.dropout(self.self_attn(self.self_attn_layer_norm(x), padding_mask))
+            x = residual + self.dropout(self.self_attn(self.self_attn_layer_norm(x), padding_mask, bias))
             residual = x
             ffn = self._ffn(self.final_layer_norm(x))
             return residual + self.dropout(ffn), ffn
-        x = self.self_attn_layer_norm(residual + self.dropout(self.self_attn(x, padding_mask)))
+        x = self.self_attn_layer_norm(residual + self.dropout(self.self_attn(x, padding_mask, bias)))
         ffn = self._ffn(x)
         return self.final_layer_norm(x + self.dropout(ffn)), ffn
 
@@ -366,16 +400,24 @@ class EncoderLayer(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Positional conv, LayerNorm and the Transformer layers; runs the layers in `kept_layers`."""
+    """Positional conv, LayerNorm and the Transformer layers; runs the layers in `kept_layers`.
+
+    WavLM's relative position bias is computed once from the first layer's bucket embedding
+    and shared by every layer, which gates it (the authors' `pos_bias`, passed down the layers).
+    """
 
     def __init__(self, cfg: ModelConfig, ops: Ops = DENSE) -> None:
         super().__init__()
-        # A Sequential of one, so the key is fairseq's `encoder.pos_conv.0.*`.
-        self.pos_conv = nn.Sequential(ops.pos_conv(cfg.embed_dim, cfg.conv_pos, cfg.conv_pos_groups))
+        if cfg.pos_conv_layers:  # data2vec; fairseq's keys `encoder.pos_conv.{j}.0.*`
+            self.pos_conv = LayerNormPosConv(cfg.embed_dim, cfg.conv_pos, cfg.conv_pos_groups, cfg.pos_conv_layers)
+        else:  # a Sequential of one, so the key is fairseq's `encoder.pos_conv.0.*`
+            self.pos_conv = nn.Sequential(ops.pos_conv(cfg.embed_dim, cfg.conv_pos, cfg.conv_pos_groups))
         self.layer_norm = ops.layer_norm(cfg.embed_dim)
         self.layers = nn.ModuleList(
-            EncoderLayer(cfg.embed_dim, h, cfg.head_dim, f, cfg, ops) for h, f in zip(cfg.heads, cfg.ffn_dim)
+            EncoderLayer(cfg.embed_dim, h, cfg.head_dim, f, cfg, ops, first=i == 0)
+            for i, (h, f) in enumerate(zip(cfg.heads, cfg.ffn_dim))
         )
+        self.relative_max_distance = cfg.relative_max_distance if cfg.relative_buckets else 0
         self.layer_norm_first = cfg.layer_norm_first
         self.dropout = nn.Dropout(cfg.dropout)
         self.layerdrop = cfg.layerdrop
@@ -396,11 +438,14 @@ class Encoder(nn.Module):
         if not self.layer_norm_first:
             x = self.layer_norm(x)
         x = self.dropout(x)
+        bias = None
+        if self.relative_max_distance:
+            bias = position_bias(self.layers[0].self_attn.relative_attention_bias, x.size(1), self.relative_max_distance)
         outputs, ffns = [], []
         for i in self.kept_layers:
             if self.training and self.layerdrop > 0 and torch.rand(()) < self.layerdrop:
                 continue
-            x, ffn = self.layers[i](x, padding_mask)
+            x, ffn = self.layers[i](x, padding_mask, bias)
             outputs.append(x)
             ffns.append(ffn)
         if self.layer_norm_first and outputs:

@@ -189,6 +189,8 @@ class SearchSpace:
         m = self.model
         if len(set(m.heads)) != 1 or len(set(m.ffn_dim)) != 1:
             raise ValueError("a supernet needs the same heads and FFN width in every layer")
+        if m.relative_buckets or m.pos_conv_layers:  # elastic layers exist for HuBERT's alone
+            raise ValueError("a supernet is HuBERT-shaped: no relative_buckets (WavLM) nor pos_conv_layers (data2vec)")
         checks = [
             ("embed_dims", max(self.embed_dims) <= m.embed_dim and all(e % m.conv_pos_groups == 0 for e in self.embed_dims),
              f"at most {m.embed_dim} and multiples of {m.conv_pos_groups}"),
@@ -415,7 +417,8 @@ def count_params(cfg: ModelConfig) -> int:
 
     Counts the conv front end, its norms, the feature LayerNorm, `mask_emb`,
     `post_extract_proj`, the positional conv (`weight_v` and bias; its `weight_g` is not
-    counted), the encoder LayerNorm and the layers; the prediction head is excluded.
+    counted; data2vec's stack of convs), the encoder LayerNorm and the layers (WavLM's
+    relative bias and gates included); the prediction head is excluded.
     `mask_emb` is counted at the supernet's full width (`cfg.supernet_embed_dim`) for a
     subnet, as the official code does, which does not slice it; so a subnet and its export
     count the same. Closed form, no model is built.
@@ -438,12 +441,14 @@ def _count(cfg: ModelConfig, mask_width: int) -> int:
     e, c = cfg.embed_dim, cfg.conv_dim
     total += (2 * c if cfg.feature_layer_norm else 0) + mask_width  # feature LayerNorm, mask_emb
     total += c * e + e  # post_extract_proj
-    total += e * (e // cfg.conv_pos_groups) * cfg.conv_pos + e  # positional conv
+    total += max(cfg.pos_conv_layers, 1) * (e * (e // cfg.conv_pos_groups) * cfg.conv_pos + e)  # positional conv(s)
     total += 2 * e  # encoder LayerNorm
     for h, f in zip(cfg.heads, cfg.ffn_dim):
         a = h * cfg.head_dim
         total += 3 * (e * a + a) + (a * e + e) + 4 * e + (e * f + f) + (f * e + e)
-    return total
+        if cfg.relative_buckets:  # WavLM's gate: grep_linear and grep_a
+            total += cfg.head_dim * 8 + 8 + h
+    return total + cfg.relative_buckets * cfg.heads[0]  # WavLM's bucket embedding, in the first layer
 
 
 def count_macs(cfg: ModelConfig, seconds: float = 1.0, sample_rate: int = 16000) -> int:
@@ -461,7 +466,7 @@ def count_macs(cfg: ModelConfig, seconds: float = 1.0, sample_rate: int = 16000)
         c_in = c
     t, e = max(n, 0), cfg.embed_dim
     total += t * cfg.conv_dim * e  # post_extract_proj
-    total += t * e * (e // cfg.conv_pos_groups) * cfg.conv_pos  # positional conv
+    total += max(cfg.pos_conv_layers, 1) * t * e * (e // cfg.conv_pos_groups) * cfg.conv_pos  # positional conv(s)
     for h, f in zip(cfg.heads, cfg.ffn_dim):
         a = h * cfg.head_dim
         total += t * 4 * e * a + 2 * t * t * a + 2 * t * e * f

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ..model import ModelConfig
+
 # A 4-layer, 192-wide teacher on HuBERT's front end with 64 channels: about 1.9 M parameters.
 # 64 channels train 1.7x faster than 128 and probed as well on FSDD (docs/demo.md).
 CONV = [[64, 10, 5]] + [[64, 3, 2]] * 4 + [[64, 2, 2]] * 2
@@ -37,7 +39,8 @@ class DemoConfig:
     labels: dict = field(default_factory=lambda: dict(BUILT_IN_LABELS))  # probe name -> regex on the stem or CSV file
     test_regex: Optional[str] = None  # --data: stems matching it are the test set (default: a seeded 20%)
     valid_fraction: float = 0.1  # --data / librispeech: share of the training files held out for validation and search
-    teacher_steps: int = 800  # HuBERT iteration-1 pre-training steps
+    teacher: Optional[str] = None  # a teacher of the user's (any model `load` reads: HuBERT, WavLM, data2vec, ...) instead of the one the demo pre-trains
+    teacher_steps: int = 800  # HuBERT iteration-1 pre-training steps (unused with `teacher`)
     teacher_clusters: int = 50  # k-means units of the MFCC frames (the teacher's targets)
     stage1_steps: int = 150  # LightHuBERT stage 1 (the DistilHuBERT student gets stage 1 + stage 2)
     stage2_steps: int = 150  # LightHuBERT stage 2 (sandwich: the max, the min and one random subnet each step)
@@ -95,15 +98,26 @@ def budget_fraction(budget: Any) -> Optional[float]:
 def space_of(teacher: dict[str, Any]) -> dict[str, Any]:
     """The supernet's space: the teacher's shape (stage 1 starts from the teacher's weights),
     embed dims of 1/2, 3/4 and all of its width, 1 to all of its heads, FFN ratios 2-4, depths
-    of half to all of its layers: 3 x 3^4 x 3^4 x 3 subnets for the 4-layer teacher."""
+    of half to all of its layers: 3 x 3^4 x 3^4 x 3 subnets for the 4-layer teacher. The
+    front end is the built-in teacher's (group norm, raw audio) unless `teacher` says."""
     e, h, d = teacher["embed_dim"], teacher["heads"][0], len(teacher["heads"])
     return {
-        "supernet": {**{k: v for k, v in teacher.items() if k not in ("layerdrop", "dropout_input")},
-                     "extractor_mode": "default", "normalize": False},
+        "supernet": {"extractor_mode": "default", "normalize": False,
+                     **{k: v for k, v in teacher.items() if k not in ("layerdrop", "dropout_input")}},
         "search_space": {"embed_dim": [e // 2, 3 * e // 4, e], "heads": list(range(1, h + 1)), "ffn_ratio": [2.0, 3.0, 4.0],
                          "depth": list(range(max(1, d // 2), d + 1))},
         "default": {"embed_dim": 3 * e // 4, "heads": [max(1, 2 * h // 3)] * d, "ffn_dim": [9 * e // 4] * d},
     }
+
+
+def shape_of(teacher: ModelConfig) -> dict[str, Any]:
+    """A user's teacher as the `TEACHER`-style shape its supernet copies: HuBERT-shaped (the
+    student has no WavLM relative bias nor data2vec positional convs), its first layer's heads
+    in every layer, its front end and input normalisation, and FFNs 4 x its width (the space's
+    largest ratio; the base-size teachers' own)."""
+    keep = ("conv_layers", "extractor_mode", "conv_bias", "embed_dim", "head_dim", "feature_layer_norm", "conv_pos",
+            "conv_pos_groups", "layer_norm_first", "normalize")
+    return {**{k: getattr(teacher, k) for k in keep}, "heads": [teacher.heads[0]] * teacher.depth, "ffn_dim": [4 * teacher.embed_dim] * teacher.depth}
 
 
 # The space of the built-in teacher: what the demo has always trained.

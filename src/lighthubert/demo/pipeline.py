@@ -21,7 +21,7 @@ from ..model import HuBERT
 from ..recipes import RunConfig
 from ..space import SubnetConfig, count_macs, count_params
 from ..trainer import Trainer
-from .config import DISTIL, MIN_SAMPLES, TEACHER, DemoConfig, budget_fraction, space_of
+from .config import DISTIL, MIN_SAMPLES, TEACHER, DemoConfig, budget_fraction, shape_of, space_of
 from .corpora import Tasks, prepare_data, probe_tasks
 from .report import plot, report_markdown
 
@@ -97,13 +97,18 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     probes.check_tasks(data["train"], data["test"], tasks)  # bad labels fail here, before any training
     lap("data")
 
-    teacher_ckpt, teacher_valid = _train(out / "teacher", None, data, {
-        **_common(cfg, cfg.teacher_steps), "method": "hubert", "model": TEACHER, "clusters": cfg.teacher_clusters,
-        "mask_prob": 0.65, "mask_length": 5, "loss_on": "all"})  # unmasked frames too: keeps speaker detail
+    if cfg.teacher:  # the user's: distilled as it is, never trained here
+        teacher_ckpt, teacher_valid, teacher_name = Path(cfg.teacher), {}, f"teacher ({Path(cfg.teacher).name})"
+        shape = shape_of(checkpoint.load_teacher(teacher_ckpt).cfg)
+    else:
+        teacher_ckpt, teacher_valid = _train(out / "teacher", None, data, {
+            **_common(cfg, cfg.teacher_steps), "method": "hubert", "model": TEACHER, "clusters": cfg.teacher_clusters,
+            "mask_prob": 0.65, "mask_length": 5, "loss_on": "all"})  # unmasked frames too: keeps speaker detail
+        teacher_name, shape = "teacher (HuBERT it. 1)", TEACHER
     lap("teacher")
     space_file = out / "space.yaml"
-    space_file.write_text(yaml.safe_dump(space_of(TEACHER), sort_keys=False))
-    depth = len(TEACHER["heads"])
+    space_file.write_text(yaml.safe_dump(space_of(shape), sort_keys=False))
+    depth = len(shape["heads"])
     stage1, stage1_valid = _train(out / "stage1", teacher_ckpt, data, {
         **_common(cfg, cfg.stage1_steps), **DISTIL, "stage": 1, "space": str(space_file)})
     lap("stage 1")
@@ -122,7 +127,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     max_params = count_params(supernet.space.model_config(supernet.space.max()))
     rows: list[dict[str, Any]] = [
         {"name": "MFCC (39-dim)", "model": probes.MFCC, "valid_loss": None},
-        {"name": "teacher (HuBERT it. 1)", "model": teacher, "valid_loss": teacher_valid.get("teacher")},
+        {"name": teacher_name, "model": teacher, "valid_loss": teacher_valid.get("teacher")},
         {"name": "LightHuBERT stage 1", "model": checkpoint.load_model(stage1).export()[0],
          "valid_loss": stage1_valid.get("max")},
         {"name": "DistilHuBERT (2 layers)", "model": student, "valid_loss": distil_valid.get("student")},

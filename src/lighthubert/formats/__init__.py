@@ -7,7 +7,9 @@ that detects a file's format and loads it (`detect_format`, `model_from_dict`, `
 - `ctc`: our fine-tuned CTC `.pt` (`formats/ctc.py`)
 - `torchaudio`: torchaudio state dicts (`formats/torchaudio.py`)
 - `compact`: our compact export folders (`formats/compact.py`)
-- `transformers`: transformers folders (`formats/transformers.py`)
+- `wavlm`: WavLM, transformers folders and the authors' `.pt` (`formats/wavlm.py`)
+- `data2vec`: data2vec audio, transformers folders and fairseq `.pt` (`formats/data2vec.py`)
+- `transformers`: transformers HuBERT / wav2vec 2.0 folders and our remote-code export (`formats/transformers.py`)
 
 Each format module has `NAME`, `detect(obj)` (`obj`: the dict a `.pt` holds, loaded safely, or
 the `Path` of a folder) and `load(obj, source) -> (model, dropped keys)`; where they apply,
@@ -27,7 +29,7 @@ from typing import Any, Protocol, Union
 from torch import nn
 
 from ..safeload import CheckpointError, load_file, other_file
-from . import compact, ctc, fairseq, official, s3prl, torchaudio, transformers
+from . import compact, ctc, data2vec, fairseq, official, s3prl, torchaudio, transformers, wavlm
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +44,10 @@ class Format(Protocol):
     def load(self, obj: Any, source: str) -> tuple[nn.Module, list[str]]: ...
 
 
-# Detection order matters: `official` before `fairseq` (its dicts are fairseq dicts), and
-# `transformers` last of the folders (it takes any folder with a config.json).
-FORMATS: tuple[Format, ...] = (s3prl, ctc, official, fairseq, torchaudio, compact, transformers)
+# Detection order matters: `official`, `wavlm` and `data2vec` before `fairseq` (their dicts
+# are fairseq-like too), and `transformers` last of the folders (it takes any folder with a
+# config.json, and names the model types it reads).
+FORMATS: tuple[Format, ...] = (s3prl, ctc, official, wavlm, data2vec, fairseq, torchaudio, compact, transformers)
 
 
 def detect(obj: Union[dict[str, Any], Path]) -> Format:

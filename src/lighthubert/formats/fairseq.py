@@ -200,7 +200,7 @@ def load(ckpt: dict[str, Any], source: str) -> tuple[HuBERT, list[str]]:
             raise CheckpointError(f"{source}: fine-tuned {name} checkpoint without its pre-training config (w2v_args)")
         mcfg, task = inner["model"], inner.get("task") or task
         name = mcfg.get("_name")
-    if name not in ("hubert", "wav2vec2", "data2vec_audio") and not str(name).startswith(("hubert", "wav2vec")):
+    if name not in ("hubert", "wav2vec2") and not str(name).startswith(("hubert", "wav2vec")):
         raise CheckpointError(f"{source}: fairseq model type {name!r} is not a HuBERT / wav2vec 2.0 encoder")
     if not isinstance(ckpt.get("model"), dict):
         raise CheckpointError(f"{source}: fairseq checkpoint without a 'model' state dict")

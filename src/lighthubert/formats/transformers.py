@@ -104,7 +104,8 @@ def read_config(c: dict[str, Any], normalize: Optional[bool] = None) -> ModelCon
     """
     kind = c.get("model_type")
     if kind not in ("hubert", "wav2vec2"):
-        raise CheckpointError(f"model_type {kind!r} is not supported; expected 'hubert' or 'wav2vec2'")
+        raise CheckpointError(f"model_type {kind!r} is not supported; this package reads hubert, wav2vec2, wavlm, "
+                              "data2vec-audio and its own export (lighthubert)")
     unsupported = [(k, c[k]) for k, ok in (("conv_pos_batch_norm", False), ("hidden_act", "gelu"),
                    ("feat_extract_activation", "gelu"), ("layer_norm_eps", 1e-5)) if k in c and c[k] != ok]
     if unsupported:
@@ -201,5 +202,6 @@ def load(path: Path, source: str) -> tuple[HuBERT, list[str]]:
     pre = path / "preprocessor_config.json"
     if pre.is_file():
         normalize = settings.read_json(pre).get("do_normalize")
+    model_cfg = read_config(cfg, normalize)  # first: an unknown model_type is named before its keys
     state, dropped = to_ours(read_weights(path))
-    return load_dense(HuBERT(read_config(cfg, normalize)), state, source), dropped
+    return load_dense(HuBERT(model_cfg), state, source), dropped

@@ -22,8 +22,9 @@ from .. import checkpoint, safeload
 from ..formats import s3prl
 from ..audio import normalize
 from ..data import AudioDataset, Batch
+from ..inherit import init_from_teacher
 from ..losses import distilhubert_loss
-from ..model import DistilHuBERT, HuBERT, matching_state
+from ..model import DistilHuBERT, HuBERT
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,8 @@ class DistilHuBERTRecipe:
         t, n = self.teacher.cfg, self.settings.distil_layers
         shape = dataclasses.replace(t, heads=t.heads[:n], ffn_dim=t.ffn_dim[:n], feature_layer_norm=False, pred_dim=0,
                                     layerdrop=0.0, feature_grad_mult=self.settings.distil_conv_grad_scale,
-                                    supernet_embed_dim=0)  # a student of its own, even of an exported subnet
+                                    supernet_embed_dim=0,  # a student of its own, even of an exported subnet
+                                    pos_conv_layers=0, relative_buckets=0)  # HuBERT-shaped, as s3prl's, for a WavLM / data2vec teacher too
         student = DistilHuBERT(shape, self.settings.distil_targets, t.embed_dim)
         if self.init:
             source = checkpoint.load_model(self.init)
@@ -92,9 +94,7 @@ class DistilHuBERTRecipe:
                 raise ValueError(f"{self.init} has {found}; this run predicts layers {student.targets} (distil_targets)")
             safeload.load_state(student, source.state_dict(), self.init)
         else:  # the teacher's front end, positional conv and first layers (same shape and meaning)
-            copied = matching_state(self.teacher, student)
-            student.load_state_dict(copied, strict=False)
-            log.info("student initialised from the teacher: %d of %d tensors copied", len(copied), len(student.state_dict()))
+            log.info("%s", init_from_teacher(self.teacher, student))
         student.mask_emb.requires_grad_(False)
         return student
 

@@ -23,8 +23,9 @@ from ..formats import official
 from ..audio import normalize
 from ..channel_order import sort_conv_channels
 from ..data import AudioDataset, Batch
+from ..inherit import init_from_teacher
 from ..losses import layer_average_target, masked_l1, span_mask
-from ..model import HuBERT, matching_state
+from ..model import HuBERT
 from ..space import SearchSpace, SubnetConfig
 from ..supernet import LightHuBERT
 
@@ -118,9 +119,7 @@ class LightHuBERTRecipe:
                 sort_conv_channels(student)
                 log.info("conv channels sorted by importance (once-for-all channel sorting)")
         elif self.settings.stage == 1 and self.settings.init_from_teacher:
-            copied = matching_state(self.teacher, student)
-            student.load_state_dict(copied, strict=False)
-            log.info("student initialised from the teacher: %d of %d tensors copied", len(copied), len(student.state_dict()))
+            log.info("%s", init_from_teacher(self.teacher, student))
         if self.settings.mask_prob <= 0:  # never masked: nothing trains mask_emb (and DDP would wait for it)
             student.mask_emb.requires_grad_(False)
         student.set_subnet("max")
