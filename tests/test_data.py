@@ -1,8 +1,10 @@
 """Audio loading: formats, down-mix, resampling, bad files; the training pipeline: manifests,
 dataset, bucketed sampler, crop collate and skip counts; on generated audio and FSDD."""
 
+import importlib.util
 import logging
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +15,10 @@ from scipy.signal import resample_poly
 
 from lighthubert.cli import main
 from lighthubert.audio import AudioError, collate, load_audio, normalize, synthetic_speech
-from lighthubert.data import AudioDataset, BucketBatchSampler, CropCollate, SkipCounter
+from lighthubert.data import AudioDataset, BucketBatchSampler, CropCollate, EpochIndex, SkipCounter, validation_batches
 from lighthubert.manifest import read_manifest, write_manifest
 
-from conftest import FSDD, require_shared
+from conftest import FSDD, LIBRISPEECH, require_shared
 
 
 
@@ -187,6 +189,7 @@ def test_dataset_reports_bad_files_without_raising(tmp_path):
     ds = AudioDataset(_tsv(tmp_path / "t.tsv", root, [(n, 1600) for n in names]), min_samples=800)
     items = [ds[i] for i in range(len(ds))]
     assert [it["index"] for it in items] == list(range(len(names)))
+    assert [it["epoch"] for it in items] == [0] * len(names) and ds[EpochIndex(1, 4)]["epoch"] == 4  # bad ones too
     good = items[0]
     assert good["error"] is None and good["wav"].dtype == torch.float32 and good["wav"].shape == (1600,)  # 800 at 8 kHz
     kinds = [it["error"].split(":")[0] for it in items[1:]]
@@ -215,9 +218,16 @@ def test_dataset_length_filter(tmp_path, caplog):
 SIZES = [int(n) for n in np.random.default_rng(0).integers(1000, 20000, size=203)]
 
 
+def _indices(sampler):
+    """The sampler's batches as plain dataset indices, after checking each carries the sampler's epoch."""
+    batches = list(sampler)
+    assert all(isinstance(i, EpochIndex) and i.epoch == sampler.epoch for b in batches for i in b)
+    return [[i.index for i in b] for b in batches]
+
+
 def _epoch(sampler, epoch):
     sampler.set_epoch(epoch)
-    return list(sampler)
+    return _indices(sampler)
 
 
 def test_sampler_budget_coverage_and_determinism():
@@ -229,12 +239,12 @@ def test_sampler_budget_coverage_and_determinism():
     assert _epoch(BucketBatchSampler(SIZES, 60000, seed=1), 0) == batches
     assert _epoch(s, 1) != batches and sorted(map(sorted, _epoch(s, 1))) == sorted(map(sorted, batches))
     assert _epoch(BucketBatchSampler(SIZES, 60000, seed=2), 0) != batches
-    ordered = list(BucketBatchSampler(SIZES, 60000, seed=1, shuffle=False))
+    ordered = _indices(BucketBatchSampler(SIZES, 60000, seed=1, shuffle=False))
     assert [SIZES[b[0]] for b in ordered] == sorted(SIZES[b[0]] for b in ordered)
 
 
 def test_sampler_max_crop_and_oversize():
-    capped = list(BucketBatchSampler(SIZES, 60000, seed=0, max_crop=5000))
+    capped = _indices(BucketBatchSampler(SIZES, 60000, seed=0, max_crop=5000))
     assert all(len(b) * min(5000, max(SIZES[i] for i in b)) <= 60000 for b in capped)
     assert len(capped) < len(BucketBatchSampler(SIZES, 60000, seed=0))
     with pytest.raises(ValueError, match="utterance 1 has 9000 samples, more than max_batch_samples 8000"):
@@ -266,10 +276,10 @@ def test_sampler_set_position_resumes_exactly():
     full = _epoch(s, 2)
     resumed = BucketBatchSampler(SIZES, 60000, seed=4, num_replicas=2, rank=1)
     resumed.set_position(2, 5)
-    assert list(resumed) == full[5:]
-    assert list(resumed) == full[5:]  # every iteration of that position (DataLoader workers iterate twice)
+    assert _indices(resumed) == full[5:]
+    assert _indices(resumed) == full[5:]  # every iteration of that position (DataLoader workers iterate twice)
     resumed.set_epoch(3)  # moving on starts the next epoch from its first batch
-    assert list(resumed) == _epoch(s, 3)
+    assert _indices(resumed) == _epoch(s, 3)
     with pytest.raises(ValueError, match="batches_done"):
         resumed.set_position(0, len(s) + 1)
 
@@ -277,12 +287,12 @@ def test_sampler_set_position_resumes_exactly():
 # --- collate -----------------------------------------------------------------------------------
 
 
-def _item(i, n):
-    return {"index": i, "wav": torch.arange(n, dtype=torch.float32) + 10000 * i, "error": None}
+def _item(i, n, epoch=0):
+    return {"index": i, "epoch": epoch, "wav": torch.arange(n, dtype=torch.float32) + 10000 * i, "error": None}
 
 
 def test_crop_collate_crops_to_shortest_and_records_skips():
-    bad = {"index": 9, "wav": None, "error": "missing: /x/9.wav: cannot read audio (file not found)"}
+    bad = {"index": 9, "epoch": 0, "wav": None, "error": "missing: /x/9.wav: cannot read audio (file not found)"}
     items = [_item(4, 1000), bad, _item(2, 700), _item(7, 1500)]
     out = CropCollate(seed=0)(items)
     assert out["indices"] == [2, 4, 7] and out["skipped"] == [(9, bad["error"])]
@@ -295,6 +305,8 @@ def test_crop_collate_crops_to_shortest_and_records_skips():
     assert torch.equal(CropCollate(500, seed=0)(items[::-1])["wav"], capped["wav"])  # item order does not matter
     offsets = {tuple(CropCollate(500, seed=s)(items)["wav"][:, 0].tolist()) for s in range(5)}
     assert len(offsets) > 1
+    later = [{**it, "epoch": 1} for it in items]
+    assert not torch.equal(CropCollate(500, seed=0)(later)["wav"], capped["wav"])  # another epoch, other crops
     all_bad = CropCollate(seed=0)([bad])
     assert all_bad["wav"] is None and all_bad["indices"] == [] and all_bad["skipped"] == [(9, bad["error"])]
 
@@ -322,6 +334,66 @@ def test_dataloader_workers_give_identical_batches(tmp_path):
     assert [i for b in serial for i, _ in b["skipped"]] == [3]
 
 
+def _long_utterances(tmp_path, count=24):
+    """A dataset of utterances all longer than the 2,000-sample crop, so every row has offsets to draw."""
+    root = tmp_path / "audio"
+    entries = []
+    for i in range(count):
+        n = 4000 + 211 * i
+        _write(root / f"{i}.wav", n / 16000, seed=i)
+        entries.append((f"{i}.wav", n))
+    return AudioDataset(_tsv(tmp_path / "t.tsv", root, entries))
+
+
+def _loader(ds, sampler, workers=0):
+    return torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=CropCollate(2000, seed=5), num_workers=workers)
+
+
+def test_crops_are_redrawn_each_epoch(tmp_path):
+    """Batches are formed once, so only the epoch can move a batch's crops; fairseq redraws them."""
+    ds = _long_utterances(tmp_path)
+    sampler = BucketBatchSampler(ds.sizes, 12000, seed=0)
+    crops = {}  # batch (its indices) -> its crops in epochs 0, 1, 2
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        for b in _loader(ds, sampler):
+            crops.setdefault(tuple(b["indices"]), []).append(b["wav"])
+    assert len(crops) == len(sampler) > 3 and all(len(c) == 3 for c in crops.values())
+    same = sum(torch.equal(c[e], c[f]) for c in crops.values() for e, f in ((0, 1), (0, 2), (1, 2)))
+    assert same == 0, f"{same} of {3 * len(crops)} epoch pairs show a batch with the same crops"
+    assert all(c.shape == (len(k), 2000) for k, cs in crops.items() for c in cs)
+
+
+def test_resume_mid_epoch_gives_identical_batches_with_workers(tmp_path):
+    """The trainer resumes with `set_position` and 2 workers by default: the crops of the
+    rest of that epoch and of the next one match an uninterrupted run bit for bit."""
+    ds = _long_utterances(tmp_path)
+    sampler = BucketBatchSampler(ds.sizes, 12000, seed=0)
+    full = []
+    for epoch in (1, 2):
+        sampler.set_epoch(epoch)
+        full += list(_loader(ds, sampler))
+    done = 3
+    resumed = BucketBatchSampler(ds.sizes, 12000, seed=0)
+    resumed.set_position(1, done)
+    rest = list(_loader(ds, resumed, workers=2))
+    resumed.set_epoch(2)
+    rest += list(_loader(ds, resumed, workers=2))
+    assert len(rest) == len(full) - done
+    for a, b in zip(full[done:], rest):
+        assert a["indices"] == b["indices"] and torch.equal(a["wav"], b["wav"])
+
+
+def test_validation_crops_are_fixed(tmp_path):
+    """Validation losses are compared across evaluations: the same crops every time."""
+    ds = _long_utterances(tmp_path, count=12)
+    first, again = (list(validation_batches(ds, 12000, 2000, seed=3)) for _ in range(2))
+    assert len(first) == len(again) > 1
+    for (k, a), (j, b) in zip(first, again):
+        assert k == j and a.indices == b.indices and torch.equal(a.wav, b.wav)
+    assert any(a.wav.shape[1] < ds.sizes[a.indices[0]] for _, a in first)  # crops, not whole utterances
+
+
 def test_fsdd_manifest_and_dataset(tmp_path):
     files = sorted(require_shared(FSDD).glob("*_jackson_1*.wav"))[:6]
     audio = tmp_path / "fsdd"
@@ -333,6 +405,22 @@ def test_fsdd_manifest_and_dataset(tmp_path):
     assert [n for _, n in m.entries] == [2 * sf.info(f).frames for f in files]  # 8 kHz files, counted at 16 kHz
     ds = AudioDataset(train)
     assert [ds[i]["wav"].numel() for i in range(len(ds))] == ds.sizes  # the count is the loaded length
+
+
+def test_bench_data_runs_on_a_few_files(capsys):
+    """`benchmarks/bench_data.py` on 3 files per set, one round: it must not rot."""
+    corpus = require_shared(LIBRISPEECH)
+    spec = importlib.util.spec_from_file_location("bench_data", Path(__file__).parents[1] / "benchmarks" / "bench_data.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses look their module up while it loads
+    spec.loader.exec_module(bench)
+    assert bench.main(["--corpus", str(corpus), "--files", "3", "--repeats", "1"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line[:5] in ("flac ", "ogg  ")}
+    assert set(rows) == {"flac", "ogg"}
+    for row in rows.values():  # files, audio s, bare x rt, pipeline x rt, overhead, ..., workers/GPU
+        assert row[1] == "3" and min(float(row[2]), float(row[3]), float(row[4])) > 0 and int(row[-1]) >= 1
+    with pytest.raises(SystemExit):
+        bench.main(["--files", "0"])
 
 
 def test_cli_manifest(tmp_path, capsys):

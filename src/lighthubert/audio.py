@@ -46,7 +46,9 @@ def load_audio(path: Union[str, Path], sample_rate: int = SAMPLE_RATE, min_sampl
     """Reads any soundfile format as mono float32 at `sample_rate`.
 
     Channels are averaged; other rates are resampled with a polyphase filter
-    (`scipy.signal.resample_poly`, Kaiser window).
+    (`scipy.signal.resample_poly`, Kaiser window). A 16 kHz mono file is returned as decoded,
+    with no copy: the training pipeline should cost little more than decoding
+    (`benchmarks/bench_data.py`).
 
     Args:
         min_samples: fewer samples (after resampling) is an error, e.g. shorter than a frame.
@@ -59,7 +61,7 @@ def load_audio(path: Union[str, Path], sample_rate: int = SAMPLE_RATE, min_sampl
             below `MIN_SAMPLE_RATE`; one line naming the file.
     """
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        data, sr = sf.read(str(path), dtype="float32")  # (N,) for mono, (N, C) otherwise
     except READ_ERRORS as e:
         # libsndfile says "System error." for a missing file and "Format not recognised." for a
         # 0-byte one; name those causes so a skipped-files summary can count them.
@@ -73,11 +75,11 @@ def load_audio(path: Union[str, Path], sample_rate: int = SAMPLE_RATE, min_sampl
     if sr < MIN_SAMPLE_RATE:  # a 1 Hz header would be "resampled" into seconds of nothing
         raise AudioError(f"{path}: sample rate {sr} Hz is below {MIN_SAMPLE_RATE} Hz, too low for speech; "
                          "the file's header is likely wrong", "sample rate too low")
-    x = data.mean(axis=1)
+    x = data if data.ndim == 1 else data.mean(axis=1)
     if sr != sample_rate:
         g = gcd(int(sr), sample_rate)
         x = resample_poly(x, sample_rate // g, int(sr) // g).astype(np.float32)
-    if not np.isfinite(x).all():
+    if not (np.isfinite(x.min()) and np.isfinite(x.max())):  # NaN and inf reach the extremes: no array of flags
         raise AudioError(f"{path}: audio contains NaN or infinite samples", "non-finite")
     if x.shape[0] < min_samples:
         raise AudioError(f"{path}: {x.shape[0]} samples at {sample_rate} Hz is too short; at least {min_samples} needed", "too short")

@@ -9,7 +9,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterator, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -23,6 +23,17 @@ from .manifest import read_manifest
 log = logging.getLogger(__name__)
 
 SILENCE_PEAK = 1e-6  # a waveform whose peak |x| is below this is silent: nothing to distil
+
+
+class EpochIndex(NamedTuple):
+    """A dataset index with the epoch whose batch order drew it (`BucketBatchSampler`'s items).
+
+    The epoch travels with the index through DataLoader workers into the item, so the crop
+    collate can draw new offsets each epoch without being told the epoch by the trainer.
+    """
+
+    index: int
+    epoch: int
 
 
 class AudioDataset(Dataset):
@@ -66,19 +77,22 @@ class AudioDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> dict:
-        """Returns `{"index": i, "wav": (N,) float32 or None, "error": None or "<kind>: <path>: <why>",
-        "labels": its tokens or None}`."""
+    def __getitem__(self, key: Union[int, EpochIndex]) -> dict:
+        """Returns `{"index": i, "epoch": e, "wav": (N,) float32 or None, "error": None or
+        "<kind>: <path>: <why>", "labels": its tokens or None}`; a plain index `i` is epoch 0."""
+        i, epoch = key if isinstance(key, EpochIndex) else (key, 0)
         path = self.root / self.paths[i]
         try:
             wav = load_audio(path, min_samples=self.min_samples)
-            peak = wav.abs().max().item()
+            low, high = torch.aminmax(wav)  # one pass, no |wav| copy
+            peak = max(-low.item(), high.item())
             if peak < SILENCE_PEAK:
                 raise AudioError(f"{path}: silent (peak {peak:.1e} below {SILENCE_PEAK:.0e})", "silent")
         except AudioError as e:
             log.debug("%s", e.reason)
-            return {"index": i, "wav": None, "error": e.reason}
-        return {"index": i, "wav": wav, "error": None, "labels": None if self.labels is None else self.labels[i]}
+            return {"index": i, "epoch": epoch, "wav": None, "error": e.reason}
+        return {"index": i, "epoch": epoch, "wav": wav, "error": None,
+                "labels": None if self.labels is None else self.labels[i]}
 
     def keep_at_least(self, samples: int) -> list[str]:
         """Leaves out the utterances shorter than `samples` (e.g. what the model needs for two
@@ -126,15 +140,17 @@ def batch_by_size(sizes: Sequence[int], max_batch_samples: int, max_crop: Option
     return batches
 
 
-class BucketBatchSampler(Sampler[list[int]]):
+class BucketBatchSampler(Sampler[list[EpochIndex]]):
     """Size-bucketed batches under a total-samples budget, shuffled per epoch and sharded by rank.
 
-    Batches are formed once (`batch_by_size`); each epoch shuffles their order with
-    `random.Random(seed + epoch)`, the same on every rank, then rank r takes batches
-    r, r + R, r + 2R, ... The batch count is made a multiple of R so every rank steps the same
-    number of times (DDP hangs otherwise): `drop_last` drops the last few shuffled batches
-    (different ones each epoch), otherwise the first few are repeated, as `DistributedSampler`
-    pads. Everything runs in the main process, so DataLoader workers cannot change it.
+    Batches are formed once (`batch_by_size`) and yielded as lists of `EpochIndex`, so the
+    collate knows the epoch and crops a batch differently in each. Each epoch shuffles their
+    order with `random.Random(seed + epoch)`, the same on every rank, then rank r takes
+    batches r, r + R, r + 2R, ... The batch count is made a multiple of R so every rank steps
+    the same number of times (DDP hangs otherwise): `drop_last` drops the last few shuffled
+    batches (different ones each epoch), otherwise the first few are repeated, as
+    `DistributedSampler` pads. Everything runs in the main process, so DataLoader workers
+    cannot change it.
 
     Args:
         sizes: utterance lengths in samples (`AudioDataset.sizes`).
@@ -193,14 +209,15 @@ class BucketBatchSampler(Sampler[list[int]]):
             raise ValueError(f"batches_done must be in 0..{len(self)} (batches per rank), got {batches_done}")
         self.epoch, self.skip = epoch, batches_done
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[EpochIndex]]:
         order = list(range(len(self.batches)))
         if self.shuffle:
             random.Random(self.seed + self.epoch).shuffle(order)
         if self.even:
             total = len(self) * self.num_replicas
             order = [order[k % len(order)] for k in range(total)]  # drop the tail, or repeat from the head
-        return iter([list(self.batches[b]) for b in order[self.rank :: self.num_replicas][self.skip :]])
+        return iter([[EpochIndex(i, self.epoch) for i in self.batches[b]]
+                     for b in order[self.rank :: self.num_replicas][self.skip :]])
 
 
 class CropCollate:
@@ -208,9 +225,11 @@ class CropCollate:
 
     fairseq's `HubertDataset.collater` with `pad_audio=False, random_crop=True`: every
     utterance is cropped to the shortest in the batch (at most `max_samples`) at a random
-    offset, so no padding or mask is needed. The offsets come from an RNG seeded by `seed` and
-    the batch's sorted indices, so a batch is the same whichever worker builds it and again
-    after a resume. A plain class with int fields, so it pickles into worker processes.
+    offset, so no padding or mask is needed. The offsets come from an RNG seeded by `seed`, the
+    epoch the items carry (`EpochIndex`) and the batch's sorted indices: a batch is cropped anew
+    each epoch (batches are formed once, so without the epoch every epoch would repeat the
+    first one's windows), the same whichever worker builds it, and again after a resume.
+    A plain class with int fields, so it pickles into worker processes.
 
     Args:
         max_samples: crop cap (fairseq's `max_sample_size`, 250000 in the HuBERT recipe); None: no cap.
@@ -226,7 +245,8 @@ class CropCollate:
     def __call__(self, items: Sequence[dict]) -> dict:
         """Items from `AudioDataset` -> `{"wav": (B, N) float32 or None, "indices": [B ints], "skipped": [(index, reason)]}`.
 
-        Output rows follow ascending index, whatever order the items came in.
+        Output rows follow ascending index, whatever order the items came in; the items share
+        one epoch, as a sampler's batch does.
         """
         items = sorted(items, key=lambda it: it["index"])
         skipped = [(it["index"], it["error"]) for it in items if it["wav"] is None]
@@ -236,7 +256,7 @@ class CropCollate:
         length = min(it["wav"].numel() for it in good)
         if self.max_samples is not None:
             length = min(length, self.max_samples)
-        rng = np.random.default_rng([self.seed, *(it["index"] for it in items)])
+        rng = np.random.default_rng([self.seed, items[0]["epoch"], *(it["index"] for it in items)])  # one epoch per batch
         offsets = [int(rng.integers(0, it["wav"].numel() - length + 1)) for it in good]
         wav = torch.stack([it["wav"][o : o + length] for it, o in zip(good, offsets)])
         return {"wav": wav, "indices": [it["index"] for it in good], "skipped": skipped}
@@ -297,8 +317,9 @@ class Batch:
 def validation_batches(dataset: "AudioDataset", max_batch_samples: int, max_sample_size: int, seed: int,
                        replicas: int = 1, rank: int = 0, batching: str = "crop") -> Iterator[tuple[int, Batch]]:
     """Validation batches in a fixed order, each utterance on exactly one rank: (batch index,
-    batch); batches whose files were all unusable are left out. Masks seeded by the index make
-    losses comparable across validations and subnets."""
+    batch); batches whose files were all unusable are left out. Crops (epoch 0 always: the
+    sampler's epoch is never advanced) and masks seeded by the index make losses comparable
+    across validations and subnets."""
     sampler = BucketBatchSampler(dataset.sizes, max_batch_samples, seed, replicas, rank, shuffle=False,
                                  max_crop=max_sample_size if batching == "crop" else None, even=False)
     collate = batch_collate(batching, max_sample_size, seed)
