@@ -13,7 +13,8 @@ import torch
 import lighthubert
 from lighthubert import asr, atomic, checkpoint, formats, safeload
 from lighthubert.cli import main
-from lighthubert.audio import normalize
+from lighthubert.audio import AudioError, normalize
+from lighthubert.extract import min_samples
 from lighthubert.losses import span_mask
 from lighthubert.model import BLANK, HuBERTCTC, ModelConfig
 from lighthubert.space import SearchSpace
@@ -77,6 +78,21 @@ def test_ctc_model_and_its_checkpoint(tmp_path):
     assert batched == [asr.recognise(loaded, [wav[0]])[0], asr.recognise(loaded, [short])[0]]
 
 
+def test_recognise_batches_as_extract_does():
+    """`recognise` takes `extract`'s batches (extract.model_batches): the model's dtype, the
+    same too-short error; it used to batch on its own, in float32 whatever the model."""
+    cfg = ModelConfig(conv_layers=CONV, embed_dim=64, heads=[2, 2], ffn_dim=[128, 128], head_dim=32, conv_pos=16,
+                      conv_pos_groups=4, pred_dim=0, normalize=True)
+    torch.manual_seed(0)
+    model = HuBERTCTC(cfg, [BLANK, "|", "A", "B"])
+    wavs = [torch.randn(8000) * 3, torch.randn(5000)]
+    want = asr.recognise(model, wavs)
+    assert asr.recognise(model.double(), wavs) == want and any(want)
+    shortest = min_samples(model)
+    with pytest.raises(AudioError, match=f"input 1: {shortest - 1} samples is too short; at least {shortest} "):
+        asr.recognise(model, [wavs[0], torch.randn(shortest - 1)])
+
+
 def test_ctc_model_exports_with_its_head(tmp_path):
     """compact and ONNX keep the head (ONNX: a logits output and the vocabulary in its metadata);
     hf holds the encoder alone; the head's weights are random, so agreement is not by chance."""
@@ -128,6 +144,40 @@ def test_finetune_learns_freezes_then_resumes_bit_identically(train_setup, tmp_p
     a = safeload.load_file(tmp_path / "straight" / "step-6.pt")["state_dict"]
     b = safeload.load_file(tmp_path / "resumed" / "step-6.pt")["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_label_characters_outside_the_vocabulary_are_refused_before_any_step(train_setup, tmp_path, capsys):
+    """A character only the validation labels hold (or, for a fine-tuned --init, one its
+    vocabulary lacks) stops the run before its first step, naming the label file and line."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train", "valid"):
+        for ext in ("tsv", "ltr"):
+            shutil.copy(train_setup / f"{name}.{ext}", data / f"{name}.{ext}")
+    ltr = (data / "valid.ltr").read_text().splitlines()
+    ltr[2] += " Q"  # line 3; the generated corpus spells no Q
+    (data / "valid.ltr").write_text("\n".join(ltr) + "\n")
+    capsys.readouterr()
+    run = tmp_path / "run"
+    assert run_cli("finetune", "--init", train_setup / "teacher", "--train", data / "train.tsv", "--valid",
+                   data / "valid.tsv", "--out", run, "--set=max_steps=2", "--set=valid_every=2", "--set=save_every=1",
+                   "--set=freeze_encoder_steps=0", *FAST) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert f"{data / 'valid.ltr'}:3: character 'Q' is not in the fine-tuning vocabulary" in err[-1] and len(err) == 1
+    assert not list(run.glob("step-*.pt")) and not (run / "log.jsonl").exists()  # no step was taken
+
+    # a fine-tuned model continues with its own vocabulary: training labels outside it are refused too
+    cfg = ModelConfig(conv_layers=CONV, embed_dim=64, heads=[2, 2], ffn_dim=[128, 128], head_dim=32, conv_pos=16,
+                      conv_pos_groups=4, pred_dim=0)
+    first = (data / "train.ltr").read_text().splitlines()[0].split()
+    lacking = HuBERTCTC(cfg, [BLANK, *sorted(set(first) - {first[0]})])
+    atomic.save_file(formats.ctc.checkpoint(lacking), tmp_path / "ctc.pt")
+    assert run_cli("finetune", "--init", tmp_path / "ctc.pt", "--train", data / "train.tsv", "--out", tmp_path / "run2",
+                   "--set=max_steps=1", *FAST) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    want = f"{data / 'train.ltr'}:1: character {first[0]!r} is not in the fine-tuning vocabulary"
+    assert want in err[-1] and len(err) == 1
+    assert not list((tmp_path / "run2").glob("step-*.pt"))
 
 
 def test_transcribe_prints_a_line_per_file_and_scores(train_setup, tmp_path, capsys):

@@ -17,37 +17,25 @@ from torch import Tensor
 from tqdm import tqdm
 
 from . import transcripts
-from .audio import collate, load_audio, normalize
-from .data import AudioDataset, batch_by_size
-from .extract import min_samples
+from .audio import load_audio
+from .data import AudioDataset
+from .extract import min_samples, model_batches
 from .model import BLANK, HuBERTCTC
 from .probes.metrics import error_rate, greedy_tokens
 
 
 @torch.inference_mode()
 def recognise(model: HuBERTCTC, wavs: Sequence[Tensor], max_batch_samples: int = 16000 * 60) -> list[list[str]]:
-    """The greedy token sequence of each (N_i,) 16 kHz waveform, batched by length.
+    """The greedy token sequence of each (N_i,) 16 kHz waveform, batched as `extract` batches.
 
     Raises:
-        ValueError: `model` has no CTC head, or a waveform is shorter than one frame.
+        ValueError: `model` has no CTC head, or (an `AudioError`) a waveform is shorter than one frame.
     """
     if not isinstance(model, HuBERTCTC):
         raise ValueError("this model has no CTC head; fine-tune it first (`lighthubert finetune --init MODEL ...`)")
-    model.eval()
-    shortest = min_samples(model)
-    for i, w in enumerate(wavs):
-        if w.numel() < shortest:
-            raise ValueError(f"input {i}: {w.numel()} samples is too short; at least {shortest} needed")
-    device = model.mask_emb.device
     out: list = [None] * len(wavs)
-    sizes = [w.numel() for w in wavs]
-    for idx in batch_by_size(sizes, max(max_batch_samples, max(sizes, default=0))):
-        batch, lengths = collate([wavs[i].float() for i in idx])
-        batch, lengths = batch.to(device), lengths.to(device)
-        if model.cfg.normalize:
-            batch = normalize(batch, lengths)
-        logits = model(batch, lengths if len(idx) > 1 else None).prediction
-        for i, tokens in zip(idx, greedy_tokens(logits, model.frame_lengths(lengths), model.vocab)):
+    for b in model_batches(model, wavs, max_batch_samples):
+        for i, tokens in zip(b.indices, greedy_tokens(model(b.wav, b.lengths).prediction, b.frames, model.vocab)):
             out[i] = tokens
     return out
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Iterator, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -23,6 +23,37 @@ from .model import HuBERT
 def min_samples(model: HuBERT) -> int:
     """Shortest waveform that yields one frame (400 samples, 25 ms, for HuBERT's front end)."""
     return model.feature_extractor.min_samples(1)
+
+
+class ModelBatch(NamedTuple):
+    """A padded batch ready for `model(wav, lengths)`, and where its rows go."""
+
+    indices: list[int]  # each row's position in the input list
+    wav: Tensor  # (B, N_max) on the model's device and dtype, normalised when the model expects it
+    lengths: Optional[Tensor]  # (B,) valid samples; None for a batch of one (nothing padded)
+    frames: Tensor  # (B,) valid output frames per row, on the CPU
+
+
+def model_batches(model: HuBERT, wavs: Sequence[Tensor], max_batch_samples: int) -> Iterator[ModelBatch]:
+    """The waveforms as model-ready batches of similar length (`batch_by_size`): one path for
+    every inference caller (`extract`, `asr.recognise`), so that their inputs cannot differ.
+    Puts `model` in eval mode. Each waveform is normalised alone (s3prl's rule), a batch at a
+    time, so no second copy of all inputs is held.
+
+    Raises:
+        AudioError: a waveform shorter than one frame's receptive field (before any batch).
+    """
+    model.eval()
+    shortest = min_samples(model)
+    for i, w in enumerate(wavs):
+        if w.numel() < shortest:
+            raise AudioError(f"input {i}: {w.numel()} samples is too short; at least {shortest} ({shortest / 16:.0f} ms) needed")
+    device, dtype = model.mask_emb.device, model.mask_emb.dtype
+    sizes = [w.numel() for w in wavs]
+    for idx in batch_by_size(sizes, max(max_batch_samples, max(sizes, default=0))):  # a long file goes alone
+        chosen = [wavs[i].float() for i in idx]
+        batch, lengths = collate([normalize(w) for w in chosen] if model.cfg.normalize else chosen)
+        yield ModelBatch(idx, batch.to(device, dtype), lengths if len(idx) > 1 else None, model.frame_lengths(lengths))
 
 
 @torch.inference_mode()
@@ -41,24 +72,11 @@ def extract(model: HuBERT, wavs: Sequence[Tensor], max_batch_samples: int = 1600
     Raises:
         AudioError: a waveform shorter than one frame's receptive field.
     """
-    model.eval()
-    shortest = min_samples(model)
-    for i, w in enumerate(wavs):
-        if w.numel() < shortest:
-            raise AudioError(f"input {i}: {w.numel()} samples is too short; at least {shortest} ({shortest / 16:.0f} ms) needed")
-    device = model.mask_emb.device
-    dtype = model.mask_emb.dtype
-    if model.cfg.normalize:
-        wavs = [normalize(w.float()) for w in wavs]
     out: list[Optional[Tensor]] = [None] * len(wavs)
-    sizes = [w.numel() for w in wavs]
-    for idx in batch_by_size(sizes, max(max_batch_samples, max(sizes, default=0))):  # a long file goes alone
-        batch, lengths = collate([wavs[i] for i in idx])
-        feats = model(batch.to(device, dtype), lengths if len(idx) > 1 else None)
-        frames = model.frame_lengths(lengths)
-        hidden = torch.stack(feats.hidden_states, dim=1).float().cpu()  # (B, L+1, T, E)
-        for b, i in enumerate(idx):
-            out[i] = hidden[b, :, : int(frames[b])].clone()
+    for b in model_batches(model, wavs, max_batch_samples):
+        hidden = torch.stack(model(b.wav, b.lengths).hidden_states, dim=1).float().cpu()  # (B, L+1, T, E)
+        for row, i in enumerate(b.indices):
+            out[i] = hidden[row, :, : int(b.frames[row])].clone()
     return out  # type: ignore[return-value]
 
 

@@ -113,6 +113,10 @@ class Recipe(Protocol):
     def build(self, train_set: AudioDataset, device: torch.device, progress: bool) -> nn.Module:
         """The student, initialised (teacher weights, --init, or random); teachers onto `device`."""
 
+    def check_labels(self, dataset: AudioDataset) -> None:
+        """Recipes with `labels` only, called after `build` for the train and valid sets: refuses
+        labels the student cannot learn, naming the label file and line (a ValueError)."""
+
     @property
     def find_unused_parameters(self) -> bool:
         """Whether a step can leave trainable parameters out (elastic depth, layerdrop): DDP must know."""
@@ -195,6 +199,10 @@ class Trainer:
         self.valid_set = AudioDataset(valid, cfg.min_sample_size, longest, recipe.labels) if valid else None
         torch.manual_seed(cfg.seed)
         self.student = recipe.build(self.train_set, dev, self.ctx.is_main).to(dev).train()
+        if recipe.labels:  # a label the model cannot learn stops the run now, not when its batch comes
+            for dataset in (self.train_set, self.valid_set):
+                if dataset is not None:
+                    recipe.check_labels(dataset)
         # Two frames at least (GroupNorm over one frame fails in training), whatever min_sample_size
         # allows: a crop to the shortest utterance of a batch can never go below it.
         need = self.student.feature_extractor.min_samples(2)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Union
 
@@ -98,9 +99,11 @@ class CTCRecipe:
         s = self.settings
         source = checkpoint.load_model(self.init, s.subnet)
         if isinstance(source, HuBERTCTC):
-            vocab = source.vocab
+            vocab, self.vocab_origin = source.vocab, f"the vocabulary of {self.init}"
         else:
-            vocab = [BLANK] + sorted({t for row in train_set.labels for t in row})
+            vocab = [BLANK] + sorted(set(chain.from_iterable(train_set.labels)))
+            self.vocab_origin = "made from the training labels"
+        self.index = {t: i for i, t in enumerate(vocab)}
         encoder, cfg = checkpoint.dense_model(source)
         cfg = dataclasses.replace(cfg, pred_dim=0, dropout=s.dropout, activation_dropout=s.activation_dropout,
                                   layerdrop=s.layerdrop, feature_grad_mult=0.0)
@@ -117,8 +120,24 @@ class CTCRecipe:
             student.mask_emb.requires_grad_(False)
         log.info("fine-tuning %s (%s) with a CTC head over %d tokens", self.init,
                  SubnetConfig.of(cfg).describe(), len(vocab))
-        self.index = {t: i for i, t in enumerate(vocab)}
         return student
+
+    def check_labels(self, dataset: AudioDataset) -> None:
+        """Refuses a label token the built model cannot output, before the first step: found
+        by `targets` it would stop the run only when its batch comes, for the validation set an
+        hour of training later. One pass over the labels (linear in the utterances).
+
+        Raises:
+            ValueError: the label file and 1-based line of the first such token, and the token.
+        """
+        known = self.index.keys()
+        if set(chain.from_iterable(dataset.labels)) <= known:
+            return
+        i = next(i for i, row in enumerate(dataset.labels) if not known >= set(row))
+        token = next(t for t in dataset.labels[i] if t not in known)
+        raise ValueError(f"{dataset.label_source(i)}: character {token!r} is not in the fine-tuning vocabulary "
+                         f"({''.join(t for t in self.index if t != BLANK)}, {self.vocab_origin}); fix the label file "
+                         "or fine-tune on labels that hold it")
 
     @property
     def find_unused_parameters(self) -> bool:
@@ -133,19 +152,9 @@ class CTCRecipe:
         return {"ctc": None}
 
     def targets(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """The batch's labels as CTC targets: (concatenated token indices, length per row).
-
-        Raises:
-            ValueError: a token outside the vocabulary (built from the training labels).
-        """
-        rows = []
-        for i, tokens in zip(batch.indices, batch.labels):
-            unknown = [t for t in tokens if t not in self.index]
-            if unknown:
-                raise ValueError(f"label token {unknown[0]!r} of utterance {i} is not in the fine-tuning vocabulary "
-                                 f"({''.join(t for t in self.index if t != BLANK)}), which the training labels made; "
-                                 "fix the label file or fine-tune on labels that hold it")
-            rows.append(torch.tensor([self.index[t] for t in tokens], dtype=torch.long))
+        """The batch's labels as CTC targets: (concatenated token indices, length per row); every
+        token is in the vocabulary (`check_labels` saw each label file before the first step)."""
+        rows = [torch.tensor([self.index[t] for t in tokens], dtype=torch.long) for tokens in batch.labels]
         return torch.cat(rows).to(batch.wav.device), torch.tensor([len(r) for r in rows], device=batch.wav.device)
 
     def loss(self, model: nn.Module, student: HuBERTCTC, sub: None, batch: Batch, target: tuple[Tensor, Tensor],
