@@ -200,6 +200,26 @@ def test_official_export_records_subnet(tiny, tmp_path):
     torch.testing.assert_close(supernet_outputs(loaded, wav), supernet_outputs(tiny, wav), atol=0, rtol=0)
 
 
+def test_export_leaves_the_callers_model_as_it_was(tiny, tmp_path):
+    """Exporting reads the model: its modes (a mixed train/eval one), dtype (float64) and weights
+    stay as the caller had them, and the ONNX graph (float32) still computes its outputs."""
+    pytest.importorskip("onnxscript")
+    model, _ = tiny.export(nonuniform(tiny.space, seed=3))
+    model = model.double().train()
+    model.encoder.layers[0].eval()  # e.g. a frozen part
+    modes = {name: m.training for name, m in model.named_modules()}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for fmt, out in (("compact", "c"), ("hf", "h"), ("onnx", "m.onnx")):
+        export_subnet(model, tmp_path / out, fmt)
+        assert {name: m.training for name, m in model.named_modules()} == modes, fmt
+        state = model.state_dict()
+        assert all(state[k].dtype == torch.float64 and torch.equal(state[k], v) for k, v in before.items()), fmt
+    wav, lengths = torch.randn(2, 3000), torch.tensor([3000, 2100])
+    with torch.no_grad():
+        want = torch.stack(model.eval()(wav.double(), lengths).hidden_states).float().numpy()
+    np.testing.assert_allclose(_onnx_run(tmp_path / "m.onnx", wav, lengths), want, atol=ATOL)
+
+
 def test_export_argument_errors(tiny, tmp_path):
     with pytest.raises(ValueError, match="unknown export format 'tflite'"):
         export_subnet(tiny, tmp_path / "x", "tflite")

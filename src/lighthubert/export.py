@@ -17,6 +17,7 @@ an `hf` export holds the encoder alone (`HubertModel`), as extraction sees it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import json
 import logging
@@ -49,6 +50,9 @@ def export_subnet(
 ) -> Path:
     """Writes `model` (a supernet at `subnet`, or a dense model) to `output` in format `fmt`.
 
+    `model` keeps its modes, dtype and weights; a supernet given `subnet` is left with it active
+    (so that the caller can describe what was written).
+
     Args:
         quantize: `"int8"` for dynamic int8 weight matmuls in an `onnx` export (see
             `quantize_onnx_int8`); None keeps float32.
@@ -78,7 +82,6 @@ def export_subnet(
         if isinstance(model, HuBERTCTC):
             log.info("an hf export holds the encoder (HubertModel) without the CTC head; compact and onnx keep it")
         dense, cfg = checkpoint.dense_model(model, subnet)
-    dense = dense.eval()
     if fmt == "compact":
         save_compact(dense, cfg, output, dtype, model.subnet if isinstance(model, LightHuBERT) else None)
     elif fmt == "hf":
@@ -221,6 +224,7 @@ class _HiddenStates(nn.Module):
 
 def save_onnx(model: HuBERT, output: Path, opset: int = 18, quantize: Optional[str] = None) -> None:
     """ONNX graph with a dynamic batch and time axis; inputs are already normalised waveforms.
+    The graph is float32 in eval mode, traced from a copy: `model` stays as the caller has it.
 
     `quantize="int8"` writes the float graph next to `output` first, then its int8 version
     (`quantize_onnx_int8`) to `output`, and removes the float one. `output` is written as
@@ -232,7 +236,8 @@ def save_onnx(model: HuBERT, output: Path, opset: int = 18, quantize: Optional[s
     """
     require("onnx", "onnxscript", *(["onnxruntime"] if quantize else []), extra="onnx", purpose="ONNX export")
     output.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = _HiddenStates(model.float().eval()).eval()  # the wrapper too: the exporter warns of a training-mode module
+    # eval() on the wrapper reaches the copy inside it (the exporter warns of a training-mode module)
+    wrapper = _HiddenStates(copy.deepcopy(model).float()).eval()
     example = (torch.randn(2, 16000), torch.tensor([16000, 12000]))
     batch, samples = torch.export.Dim("batch", min=1), torch.export.Dim("samples", min=800)
     with torch.no_grad(), _exporter_chatter_off():

@@ -3,11 +3,12 @@
 The deleted official scripts (reference notes §10.2) minimise the distillation validation
 loss of a trained supernet under a parameter budget, with a genome of
 `[embed] + [ffn_ratio] * max_depth + [heads] * max_depth + [depth]` choice indices. We keep
-that genome and fitness, add MAC and latency budgets (latency measured on each subnet's
-exported dense model, the one users deploy), append one gene per conv group where the
-space's front end is elastic (so those budgets reach the front end), and write every
-evaluation to `history.jsonl` so that a rerun with `resume=True` continues where the last
-one stopped.
+that fitness and those genes, ordered `[embed] + [heads] * max_depth + [ffn_ratio] * max_depth
++ [depth]` (`GenomeCodec`; per-gene mutation and uniform crossover do not depend on the
+order), add MAC and latency budgets (latency measured on each subnet's exported dense model,
+the one users deploy), append one gene per conv group where the space's front end is elastic
+(so those budgets reach the front end), and write every evaluation to `history.jsonl` so that
+a rerun with `resume=True` continues where the last one stopped.
 """
 
 from __future__ import annotations
@@ -117,8 +118,9 @@ def training_fitness(ckpt: dict[str, Any]) -> dict[str, Any]:
 class GenomeCodec:
     """Integer genomes over a `SearchSpace`; decoding keeps the first `depth` per-layer genes.
 
-    The front-end genes (one per conv group, none in a space with a fixed front end) come
-    after the depth gene, so the official part of the genome keeps its layout.
+    Layout: embed, heads x L, ffn_ratio x L, depth, conv width x G (L the largest depth, G the
+    conv groups; none in a space with a fixed front end). The front-end genes come after the
+    depth gene, so the Transformer genes keep their positions in every space.
     """
 
     def __init__(self, space: SearchSpace) -> None:
