@@ -10,7 +10,7 @@ import contextlib
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -139,10 +139,21 @@ def barrier(ctx: Context) -> None:
         dist.barrier()
 
 
-def parameters_equal(model: nn.Module, ctx: Context) -> Iterator[bool]:
-    """Per parameter, whether every process holds the same values (for checks and tests)."""
-    for p in unwrap(model).parameters():
+def parameters_equal(model: nn.Module, ctx: Context) -> list[bool]:
+    """Per parameter, whether every process holds rank 0's values: the same list on every rank.
+
+    Every rank broadcasts every tensor, then one all_reduce of the per-tensor mismatch flags
+    gives each rank every rank's findings. Answering from a rank's own comparisons let a rank
+    that saw a difference stop (`all(...)` at its first mismatch) while rank 0, which always
+    agrees with itself, went on broadcasting and waited for it.
+    """
+    params = list(unwrap(model).parameters())
+    if ctx.world_size == 1:
+        return [True] * len(params)
+    differs = torch.zeros(len(params), dtype=torch.int32, device=ctx.device)
+    for i, p in enumerate(params):
         ref = p.detach().clone()
-        if ctx.world_size > 1:
-            dist.broadcast(ref, 0)
-        yield bool(torch.equal(ref, p.detach()))
+        dist.broadcast(ref, 0)
+        differs[i] = (ref != p.detach()).any()  # on the device: no host sync per tensor
+    dist.all_reduce(differs)
+    return [not d for d in differs.tolist()]
