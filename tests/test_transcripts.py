@@ -106,6 +106,40 @@ def test_a_lexicon_file_in_cmudict_format(tmp_path):
         transcripts.Lexicon(lexicon)
 
 
+
+class _Word(str):
+    """A word that counts how often it is compared."""
+
+    compared = 0
+
+    def __eq__(self, other: object) -> bool:
+        _Word.compared += 1
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+class _EmptyLexicon:
+    """A `Lexicon` that knows no word and hands its missing words back as `_Word`s."""
+
+    source = "an empty lexicon"
+
+    def phones(self, text: str) -> tuple[str, list[str]]:
+        return " ".join(transcripts.UNKNOWN_WORD for _ in text.split()), [_Word(w) for w in text.split()]
+
+
+def test_missing_word_summary_is_linear_in_the_missing_words(tmp_path, caplog):
+    """The `.phn` warning names the first missing words in order of appearance; finding them
+    compared every word with every earlier one (3000 distinct words: 4.5 M comparisons; at
+    LibriSpeech 960 h's tens of thousands, minutes)."""
+    n = 3000
+    _Word.compared = 0
+    with caplog.at_level(logging.WARNING):
+        transcripts.write_label_files(tmp_path / "m.tsv", [f"W{i} W{i}" for i in range(n)], _EmptyLexicon())
+    assert f"{2 * n} of {2 * n} words ({n} distinct, e.g. W0, W1, W2, W3, W4) are not in an empty lexicon" in caplog.text
+    assert (tmp_path / "m.phn").read_text().splitlines()[:2] == ["SPN SPN", "SPN SPN"]
+    assert _Word.compared < 2 * n, f"{_Word.compared} comparisons for {2 * n} missing words"
+
 def test_missing_audio_missing_transcript_and_empty_transcript_are_left_out_with_one_line_each(tmp_path, caplog):
     corpus = write_corpus(tmp_path / "c")
     (corpus / "11" / "100" / "11-100-0001.ogg").unlink()  # a transcript line with no audio

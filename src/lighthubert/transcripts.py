@@ -171,10 +171,10 @@ def write_label_files(manifest: Union[str, Path], texts: Sequence[str], lexicon:
             missing += lacking
             affected += bool(lacking)
         if missing:
-            examples = ", ".join(sorted(set(missing), key=missing.index)[:5])
+            distinct = list(dict.fromkeys(missing))  # first-seen order in linear time (`missing.index` was quadratic)
             log.warning("%s: %d of %d words (%d distinct, e.g. %s) are not in %s; each is written as %s "
                         "(%d of %d utterances)", label_path(manifest, "phn"), len(missing),
-                        sum(len(t.split()) for t in texts), len(set(missing)), examples, lexicon.source,
+                        sum(len(t.split()) for t in texts), len(distinct), ", ".join(distinct[:5]), lexicon.source,
                         UNKNOWN_WORD, affected, len(texts))
     written = []
     for kind, rows in lines.items():
