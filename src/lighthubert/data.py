@@ -216,8 +216,10 @@ class BucketBatchSampler(Sampler[list[EpochIndex]]):
         if self.even:
             total = len(self) * self.num_replicas
             order = [order[k % len(order)] for k in range(total)]  # drop the tail, or repeat from the head
-        return iter([[EpochIndex(i, self.epoch) for i in self.batches[b]]
-                     for b in order[self.rank :: self.num_replicas][self.skip :]])
+        mine, epoch = order[self.rank :: self.num_replicas][self.skip :], self.epoch  # fixed now, as iter() is called
+        # one batch at a time: a whole epoch of index tuples built up front made the garbage
+        # collector rescan them, quadratic in the epoch (benchmarks/bench_scale.py)
+        return ([EpochIndex(i, epoch) for i in self.batches[b]] for b in mine)
 
 
 class CropCollate:
