@@ -156,3 +156,22 @@ def test_iteration_2_clusters_an_earlier_models_layer(train_setup, tmp_path, cap
     save_compact(lighthubert.HuBERT(odd_cfg), odd_cfg, tmp_path / "odd")
     assert _pretrain(train_setup, tmp_path / "it2b", 1, "--set", f"units_from={tmp_path / 'odd'}") == 2
     assert "its frames are not HuBERT's (400 samples every 320)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_the_student_sees_normalised_audio_when_its_config_says_so(normalize):
+    """The saved checkpoint says `task.normalize` and every consumer (extract, probes, distill's
+    teacher) normalises each utterance first: training must feed the model the same input."""
+    recipe = RunConfig.from_dict({**SETTINGS, "method": "hubert", "model": {**TEACHER, "normalize": normalize}}).build()
+    student = recipe.build(None, torch.device("cpu"), False).eval()
+    seen = []
+    student.feature_extractor.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    wav = torch.stack([synthetic_speech(0.77, 120.0, seed=1), synthetic_speech(0.77, 200.0, seed=2)])
+    wav = wav * torch.tensor([[0.3], [3.0]]) + 0.2  # quiet and loud, with a DC offset
+    target = torch.randint(8, (2, 1 + (wav.size(1) - 400) // 320), generator=torch.Generator().manual_seed(0))
+    recipe.loss(student, student, None, Batch(wav, None, [0, 1]), target, torch.Generator().manual_seed(0))
+    if normalize:
+        torch.testing.assert_close(seen[0].mean(-1), torch.zeros(2), atol=1e-5, rtol=0)
+        torch.testing.assert_close(seen[0].std(-1), torch.ones(2), atol=1e-2, rtol=0)  # layer_norm eps: 0.998
+    else:
+        assert torch.equal(seen[0], wav)

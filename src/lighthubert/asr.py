@@ -14,7 +14,6 @@ from typing import Sequence, Union
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from . import transcripts
 from .audio import load_audio
@@ -22,6 +21,7 @@ from .data import AudioDataset
 from .extract import min_samples, model_batches
 from .model import BLANK, HuBERTCTC
 from .probes.metrics import error_rate, greedy_tokens
+from .progress import progress_bar
 
 
 @torch.inference_mode()
@@ -65,7 +65,7 @@ def score(model: HuBERTCTC, manifest: Union[str, Path], max_batch_seconds: float
             raise ValueError(f"{data.label_source(i)}: character(s) {''.join(unknown)!r} are not in the model's vocabulary "
                              f"({''.join(sorted(vocab))}); it can never output them")
     hyps: list[list[str]] = []
-    bar = tqdm(total=len(data), unit="file", desc="transcribe", disable=not progress)
+    bar = progress_bar(total=len(data), unit="file", desc="transcribe", disable=not progress)
     for start in range(0, len(data), 64):
         wavs = [load_audio(data.root / p, min_samples=min_samples(model)) for p in data.paths[start : start + 64]]
         hyps += recognise(model, wavs, int(max_batch_seconds * 16000))

@@ -12,12 +12,12 @@ from typing import Iterator, NamedTuple, Optional, Sequence, Union
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from . import atomic
 from .audio import AudioError, collate, load_audio, normalize
 from .data import batch_by_size
 from .model import HuBERT
+from .progress import progress_bar
 
 
 def min_samples(model: HuBERT) -> int:
@@ -136,7 +136,7 @@ def extract_files(
     report = ExtractReport()
     shortest = min_samples(model)
     items = list(stems.values())
-    with tqdm(total=len(stems), unit="file", disable=not progress, desc="extract") as bar:  # closed on Ctrl-C too
+    with progress_bar(total=len(stems), unit="file", disable=not progress, desc="extract") as bar:  # closed on Ctrl-C too
         try:
             for start in range(0, len(items), files_per_chunk):
                 loaded: list[tuple[Path, Tensor]] = []

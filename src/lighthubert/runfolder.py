@@ -10,10 +10,14 @@
   resuming falls back to the newest checkpoint that reads.
 - `log.jsonl` keeps each step's records once: on resume, records after the resumed step
   (written before the kill, replayed after) are dropped.
+- A run's identity, besides its settings, is the content of its inputs (teacher, `--init`,
+  train / valid manifests with the label files it reads), recorded as sha256 digests in every
+  checkpoint: `--resume` refuses other inputs (`input_changes`) and accepts moved copies.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -21,7 +25,7 @@ import re
 import socket
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from .atomic import TEMPORARY
 
@@ -33,6 +37,72 @@ _CHECKPOINT = re.compile(r"step-(0|[1-9]\d*)\.pt")
 
 def checkpoint_name(step: int) -> str:
     return f"step-{step}.pt"
+
+
+# -- a run's inputs -------------------------------------------------------------------------------
+Inputs = dict[str, Optional[dict[str, str]]]  # teacher, init, train, valid -> {"path", "sha256"}; None: not given
+_CHUNK = 1 << 20
+
+
+def _update(digest: Any, path: Path, skip_first_line: bool = False) -> None:
+    with open(path, "rb") as f:
+        if skip_first_line:
+            f.readline()
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+
+
+def content_digest(path: Union[str, Path]) -> str:
+    """sha256 of a file's bytes (streamed: one read of a teacher `.pt`, however large), or of
+    a folder's files, by relative name and bytes. Entries whose name starts with a dot (`.git`,
+    `.cache`) are left out: they are not the model."""
+    path, digest = Path(path), hashlib.sha256()
+    if not path.is_dir():
+        _update(digest, path)
+        return digest.hexdigest()
+    for file in sorted(path.rglob("*")):
+        name = file.relative_to(path)
+        if file.is_file() and not any(part.startswith(".") for part in name.parts):
+            digest.update(f"{name.as_posix()}\0{file.stat().st_size}\0".encode())
+            _update(digest, file)
+    return digest.hexdigest()
+
+
+def manifest_digest(manifest: Union[str, Path], label_file: Optional[Path] = None) -> str:
+    """sha256 of a manifest's entries (every line after its root line, so the corpus may move
+    as well as the manifest) and of the label file the recipe reads from it, if any. The audio
+    itself is not read: at 281 k utterances that would take hours; the names and lengths stand
+    for it."""
+    digest = hashlib.sha256()
+    _update(digest, Path(manifest), skip_first_line=True)
+    if label_file is not None:
+        digest.update(b"\0labels\0")
+        _update(digest, Path(label_file))
+    return digest.hexdigest()
+
+
+def input_record(path: Union[str, Path], sha256: str) -> dict[str, str]:
+    """What a checkpoint records of one input: its absolute path (named in messages) and digest."""
+    return {"path": str(Path(path).resolve()), "sha256": sha256}
+
+
+def input_changes(saved: Inputs, current: Inputs) -> list[str]:
+    """`"role: what differs"` for each input whose content differs from the saved one (a moved
+    identical file is the same input; the path is only named)."""
+    changes = []
+    for role in sorted(set(saved) | set(current)):
+        old, new = saved.get(role), current.get(role)
+        if (old is None and new is None) or (old and new and old["sha256"] == new["sha256"]):
+            continue
+        if old is None:
+            changes.append(f"{role}: none before, now {new['path']}")
+        elif new is None:
+            changes.append(f"{role}: {old['path']} before, none now")
+        elif old["path"] == new["path"]:
+            changes.append(f"{role}: {new['path']} changed since the run started")
+        else:
+            changes.append(f"{role}: {new['path']} differs from {old['path']}")
+    return changes
 
 
 class RunFolder:

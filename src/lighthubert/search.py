@@ -25,11 +25,11 @@ from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from . import distributed
 from .data import AudioDataset, Batch, validation_batches
 from .model import HuBERT
+from .progress import Progress, progress_bar
 from .recipes.lighthubert import LightHuBERTDistillConfig, LightHuBERTRecipe
 from .space import SearchSpace, SubnetConfig, count_macs, count_subnet_params, format_count, format_table
 from .supernet import LightHuBERT
@@ -337,7 +337,7 @@ class _Searcher:
     """One run: feasibility, evaluation with the history cache, and the two algorithms."""
 
     def __init__(self, model: LightHuBERT, fitness: Fitness, cfg: SearchConfig, history: Path,
-                 cached: dict[SubnetConfig, dict], bar: tqdm) -> None:
+                 cached: dict[SubnetConfig, dict], bar: Progress) -> None:
         self.model, self.fitness, self.cfg = model, fitness, cfg
         self.space = model.space
         self.codec = GenomeCodec(self.space)
@@ -503,7 +503,7 @@ def search(model: LightHuBERT, teacher: HuBERT, valid_tsv: Union[str, Path], out
     out.mkdir(parents=True, exist_ok=True)
     settings.write_text(json.dumps({**meta, "config": dataclasses.asdict(cfg)}, indent=2))
     total = cfg.population * cfg.generations
-    with tqdm(total=total, disable=not progress, unit="subnet", desc=cfg.algorithm) as bar:
+    with progress_bar(total=total, disable=not progress, unit="subnet", desc=cfg.algorithm) as bar:
         s = _Searcher(model, fitness, cfg, history, cached, bar)
         if cfg.max_latency_ms is not None and s.latency_ms(space.min()) > cfg.max_latency_ms:
             raise ValueError(f"max_latency_ms {cfg.max_latency_ms} is below the measured latency of the exported min "

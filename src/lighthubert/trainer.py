@@ -23,10 +23,10 @@ from typing import Any, ClassVar, Optional, Protocol
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from . import atomic, distributed, safeload, settings
-from .runfolder import RunFolder, checkpoint_name
+from .progress import Progress, progress_bar
+from .runfolder import Inputs, RunFolder, checkpoint_name, content_digest, input_changes, input_record, manifest_digest
 from .data import AudioDataset, Batch, BucketBatchSampler, SkipCounter, batch_collate, validation_batches
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,9 @@ class Recipe(Protocol):
     (under `no_grad`, autocast) and `loss` per subnet; `valid_subnets` names what validation
     scores; `save` / `restore` write and read the recipe's checkpoint format (the trainer adds
     its own state under `"trainer"`).
+
+    A recipe built from files (`RunConfig.build`) also has `inputs`, `{"teacher": path, "init":
+    path}` (None where not given): their contents are part of the run's identity on `--resume`.
     """
 
     name: ClassVar[str]  # the `method` setting that selects it
@@ -197,6 +200,7 @@ class Trainer:
         longest = cfg.max_sample_size if recipe.batching == "pad" else None
         self.train_set = AudioDataset(train, cfg.min_sample_size, longest, recipe.labels)
         self.valid_set = AudioDataset(valid, cfg.min_sample_size, longest, recipe.labels) if valid else None
+        self.inputs = self._inputs()
         torch.manual_seed(cfg.seed)
         self.student = recipe.build(self.train_set, dev, self.ctx.is_main).to(dev).train()
         if recipe.labels:  # a label the model cannot learn stops the run now, not when its batch comes
@@ -226,6 +230,15 @@ class Trainer:
         self.step, self.epoch, self.batches_done = 0, 0, 0
         self.bad_steps = self.bad_in_a_row = self.overflow_steps = 0
         self._batches = None
+
+    def _inputs(self) -> Inputs:
+        """What the run is made of besides its settings, by content: its identity on `--resume`."""
+        found: Inputs = {role: None if path is None else input_record(path, content_digest(path))
+                         for role, path in getattr(self.recipe, "inputs", {}).items()}  # built by hand: none
+        for role, data in (("train", self.train_set), ("valid", self.valid_set)):
+            found[role] = None if data is None else input_record(data.manifest, manifest_digest(data.manifest,
+                                                                                                data.label_file))
+        return found
 
     def run_config(self) -> dict[str, Any]:
         """Every setting of this run: what `config.yaml` holds and `--resume` compares."""
@@ -371,7 +384,7 @@ class Trainer:
         written = [name for name in self.written if name != path.name] + [path.name]
         ckpt = self.recipe.save(self.student)
         ckpt["trainer"] = {
-            "config": self.run_config(),
+            "config": self.run_config(), "inputs": self.inputs,
             "step": self.step, "epoch": self.epoch, "batches_done": self.batches_done,
             "world_size": self.ctx.world_size,
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
@@ -394,7 +407,8 @@ class Trainer:
         and passed over); False when there is none.
 
         Raises:
-            ValueError: the checkpoint was written with other settings (names them).
+            ValueError: the checkpoint was written with other settings or from other inputs
+                (teacher, --init, manifests: by content; names them).
         """
         found = self.folder.newest_readable(safeload.load_file)
         if found is None:
@@ -407,6 +421,13 @@ class Trainer:
         if changed:
             raise ValueError(f"{path} was written with other settings ({'; '.join(changed)}); resume with the same "
                              f"settings (only {', '.join(RESUMABLE)} may change) or choose another --out")
+        if "inputs" not in state:
+            if self.ctx.is_main:
+                log.warning("%s was written before runs recorded their inputs: its teacher, --init and manifests "
+                            "cannot be checked against these; resuming with the ones given", path)
+        elif changed := input_changes(state["inputs"], self.inputs):
+            raise ValueError(f"{path} was written from other inputs ({'; '.join(changed)}); resume with the same files "
+                             "(moved copies are fine) or start a new run with another --out")
         self.recipe.restore(self.student, ckpt, str(path))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -442,7 +463,9 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(settings.dump(self.run_config()))
         logf = open(self.out / "log.jsonl", "a") if main else None
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not main, unit="step", desc=self.recipe.description)
+        # a terminal gets a tqdm bar; a log file (stderr not a terminal) a plain line per log_every steps
+        bar = progress_bar(total=cfg.max_steps, initial=self.step, disable=not main, unit="step",
+                           desc=self.recipe.description, every=cfg.log_every)
         try:
             return self._run(logf, bar)
         except KeyboardInterrupt:
@@ -454,7 +477,7 @@ class Trainer:
             if main:
                 self.folder.unlock()
 
-    def _run(self, logf: Optional[Any], bar: tqdm) -> dict[str, Any]:
+    def _run(self, logf: Optional[Any], bar: Progress) -> dict[str, Any]:
         """`fit`'s loop: steps, logs, validations and checkpoints until `max_steps`."""
         cfg, main = self.cfg, self.ctx.is_main
         valid: dict[str, float] = {}

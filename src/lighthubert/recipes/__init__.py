@@ -5,6 +5,8 @@
 - `hubert`: HuBERT pre-training of a teacher from MFCC units (`recipes/hubert.py`)
 - `ctc`: CTC fine-tuning for speech recognition (`recipes/ctc.py`)
 
+`recipes/frozen.py` freezes what a student never trains, before DDP wraps it.
+
 A run's settings are the recipe's name (`method`), the trainer's `TrainConfig` and the
 recipe's own settings dataclass. In YAML they are either sectioned
 (`{method, trainer: {...}, recipe: {...}}`, what `config.yaml` and `--print-config` write) or
@@ -86,8 +88,12 @@ class RunConfig:
         return settings.dump(self.asdict())
 
     def build(self, teacher: Optional[str] = None, init: Optional[str] = None) -> Recipe:
-        """The recipe object for this run (loads the teacher, checks the settings against it)."""
-        return RECIPES[self.method](self.recipe, teacher=teacher, init=init, seed=self.train.seed)
+        """The recipe object for this run (loads the teacher, checks the settings against it),
+        with the files it was built from as its `inputs`: their contents are part of the run's
+        identity (`--resume` refuses others)."""
+        recipe = RECIPES[self.method](self.recipe, teacher=teacher, init=init, seed=self.train.seed)
+        recipe.inputs = {"teacher": teacher, "init": init}
+        return recipe
 
 
 def _set(d: dict[str, Any], key: str, value: Any) -> None:

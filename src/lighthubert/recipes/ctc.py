@@ -30,6 +30,7 @@ from ..data import AudioDataset, Batch
 from ..losses import ctc_loss, span_mask
 from ..model import BLANK, HuBERT, HuBERTCTC
 from ..space import SubnetConfig
+from .frozen import freeze_untrained
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +116,7 @@ class CTCRecipe:
         if unexpected or set(missing) - {"ctc_proj.weight", "ctc_proj.bias"}:
             raise safeload.CheckpointError(f"{self.init}: encoder does not fit its own shape (missing {missing[:3]}, "
                                              f"unexpected {unexpected[:3]})")
-        student.feature_extractor.requires_grad_(False)  # the conv front end stays as it is (feature_grad_mult 0)
-        if s.mask_prob <= 0:
-            student.mask_emb.requires_grad_(False)
+        freeze_untrained(student, masked=s.mask_prob > 0)  # the conv front end stays as it is (feature_grad_mult 0)
         log.info("fine-tuning %s (%s) with a CTC head over %d tokens", self.init,
                  SubnetConfig.of(cfg).describe(), len(vocab))
         return student

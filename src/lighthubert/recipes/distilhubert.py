@@ -25,6 +25,7 @@ from ..data import AudioDataset, Batch
 from ..inherit import init_from_teacher
 from ..losses import distilhubert_loss
 from ..model import DistilHuBERT, HuBERT
+from .frozen import freeze_untrained
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ class DistilHuBERTRecipe:
     trainer_defaults: ClassVar[dict] = {
         "lr": 2e-4, "schedule": "linear", "warmup": 0.07, "hold": 0.0, "grad_clip": 5.0, "weight_decay": 1e-6,
         "max_steps": 200_000, "max_sample_size": 250_000, "max_batch_samples": 24 * 250_000, "min_sample_size": 0}
-    # Every trainable tensor is used every step (mask_emb, which DistilHuBERT never uses, is frozen).
+    # Every trainable tensor is used every step (mask_emb, which DistilHuBERT never uses, is frozen,
+    # and so is the front end at distil_conv_grad_scale 0: `frozen.freeze_untrained`).
     find_unused_parameters: ClassVar[bool] = False
 
     def __init__(self, settings: DistilHuBERTConfig, teacher: Union[str, Path, HuBERT, None] = None,
@@ -95,7 +97,7 @@ class DistilHuBERTRecipe:
             safeload.load_state(student, source.state_dict(), self.init)
         else:  # the teacher's front end, positional conv and first layers (same shape and meaning)
             log.info("%s", init_from_teacher(self.teacher, student))
-        student.mask_emb.requires_grad_(False)
+        freeze_untrained(student, masked=False)  # DistilHuBERT never masks
         return student
 
     def subnets(self, step: int) -> list[None]:

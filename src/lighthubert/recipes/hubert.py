@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from .. import checkpoint, safeload
 from .. import settings as typed  # `settings` is the recipe's own settings object here
@@ -32,6 +31,8 @@ from ..data import AudioDataset, Batch
 from ..losses import span_mask
 from ..model import Features, HuBERT, ModelConfig
 from ..probes import mfcc
+from ..progress import progress_bar
+from .frozen import freeze_untrained
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def fit_units(dataset: AudioDataset, clusters: int, max_frames: int, seed: int, 
     features = features or FrameFeatures()
     order = np.random.default_rng(seed).permutation(len(dataset))
     feats, frames = [], 0
-    bar = tqdm(total=max_frames, unit="frame", desc="features for k-means", disable=not progress)
+    bar = progress_bar(total=max_frames, unit="frame", desc="features for k-means", disable=not progress)
     for i in order:
         wav = dataset[int(i)]["wav"]
         if wav is None or wav.numel() < MFCC_RECEPTIVE_FIELD:
@@ -244,8 +245,7 @@ class HuBERTRecipe:
         self.train_set, self.progress = train_set, progress
         s = self.settings
         student = UnitPredictor(self.model_cfg, s.clusters, s.final_dim, s.logit_temp)
-        if s.mask_prob <= 0:  # never masked: nothing trains mask_emb (and DDP would wait for it)
-            student.mask_emb.requires_grad_(False)
+        freeze_untrained(student, masked=s.mask_prob > 0)
         return student
 
     def subnets(self, step: int) -> list[None]:
@@ -264,10 +264,12 @@ class HuBERTRecipe:
 
     def loss(self, model: nn.Module, student: UnitPredictor, sub: None, batch: Batch, target: Tensor,
              generator: torch.Generator) -> Tensor:
-        """Cross entropy of the units of the masked frames (of all frames with loss_on=all)."""
+        """Cross entropy of the units of the masked frames (of all frames with loss_on=all); the
+        student reads each utterance normalised when its config says so, as every consumer of
+        the checkpoint (`task.normalize`) feeds it."""
         s, wav = self.settings, batch.wav
         mask = span_mask(wav.size(0), target.size(1), s.mask_prob, s.mask_length, generator).to(wav.device)
-        logits = model(wav, mask=mask if s.mask_prob > 0 else None).prediction
+        logits = model(normalize(wav) if student.cfg.normalize else wav, mask=mask if s.mask_prob > 0 else None).prediction
         if s.loss_on == "masked":
             return F.cross_entropy(logits[mask].float(), target[mask])
         return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten())

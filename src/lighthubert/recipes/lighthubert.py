@@ -28,6 +28,7 @@ from ..losses import layer_average_target, masked_l1, span_mask
 from ..model import HuBERT
 from ..space import SearchSpace, SubnetConfig
 from ..supernet import LightHuBERT
+from .frozen import freeze_untrained
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,7 @@ class LightHuBERTRecipe:
                 log.info("conv channels sorted by importance (once-for-all channel sorting)")
         elif self.settings.stage == 1 and self.settings.init_from_teacher:
             log.info("%s", init_from_teacher(self.teacher, student))
-        if self.settings.mask_prob <= 0:  # never masked: nothing trains mask_emb (and DDP would wait for it)
-            student.mask_emb.requires_grad_(False)
+        freeze_untrained(student, masked=self.settings.mask_prob > 0)
         student.set_subnet("max")
         return student
 
