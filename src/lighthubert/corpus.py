@@ -27,10 +27,10 @@ import numpy as np
 import soundfile as sf
 from scipy.ndimage import convolve1d
 from scipy.signal import butter, lfilter, sosfilt
-from tqdm import tqdm
 
 from . import transcripts
 from .audio import SAMPLE_RATE
+from .progress import progress_bar
 
 FORMAT_VERSION = 1  # bump when the synthesis changes, so cached corpora are regenerated
 _HOP = 80  # samples per parameter frame (5 ms)
@@ -283,7 +283,7 @@ def write_corpus(out_dir: Union[str, Path], n_speakers: int = 6, takes: int = 20
     n_test, n_valid = max(1, takes // 5), max(1, takes // 10)
     lines: dict[str, list[str]] = {"train": [str(audio)], "valid": [str(audio)], "test": [str(audio)]}
     words: dict[str, list[str]] = {split: [] for split in lines}
-    for word, voice, take, name in tqdm(jobs, desc="corpus", unit="file", disable=not progress):
+    for word, voice, take, name in progress_bar(jobs, desc="corpus", unit="file", disable=not progress):
         wav = synthesize(word, voice, take, seed)
         sf.write(audio / name, wav, SAMPLE_RATE, subtype="PCM_16")
         split = "test" if take < n_test else "valid" if take < n_test + n_valid else "train"
