@@ -20,6 +20,8 @@ import time
 import torch
 
 from lighthubert import corpus, demo, probes
+from lighthubert.demo.config import TEACHER
+from lighthubert.demo.pipeline import probe_settings
 from lighthubert.model import HuBERT, ModelConfig
 
 
@@ -35,7 +37,7 @@ def main() -> None:
     p.add_argument("--train"), p.add_argument("--test"), p.add_argument("--valid")
     args = p.parse_args()
     torch.manual_seed(0)
-    model = HuBERT(ModelConfig(**demo.TEACHER)).eval()
+    model = HuBERT(ModelConfig(**TEACHER)).eval()
     if args.mode == "demo":
         c = corpus.write_corpus(args.out, 6, 20, seed=0)
         cfg = demo.DemoConfig()
@@ -43,7 +45,7 @@ def main() -> None:
         times = []
         for tasks in (dict(cfg.labels), demo.probe_tasks(cfg, data)):
             start = time.perf_counter()
-            probes.probe_tasks(model, c.train, c.test, tasks, demo.probe_settings(cfg))
+            probes.probe_tasks(model, c.train, c.test, tasks, probe_settings(cfg))
             times.append(time.perf_counter() - start)
             print(f"{' + '.join(tasks)}: {times[-1]:.1f} s (load {_load()})", flush=True)
         print(f"ratio with / without the phoneme probe: {times[1] / times[0]:.2f}")
@@ -53,7 +55,7 @@ def main() -> None:
         "phoneme": probes.ProbeTask("phoneme"), "asr": probes.ProbeTask("asr"),
         "speaker": probes.ProbeTask("speaker-id", test=args.valid)}, probes.ProbeConfig())
     print(f"phoneme + asr + speaker-id: {time.perf_counter() - start:.1f} s (load {_load()}); heads: "
-          + ", ".join(f"{k} {r.train_seconds} s" for k, r in results.items() if hasattr(r, "train_seconds")))
+          + ", ".join(f"{k} {r.runs[0].train_seconds} s" for k, r in results.items() if hasattr(r.runs[0], "train_seconds")))
 
 
 if __name__ == "__main__":

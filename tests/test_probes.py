@@ -170,6 +170,7 @@ def test_pooling_each_state_first_equals_superb_weight_then_pool():
 @pytest.mark.parametrize("kwargs, match", [
     ({"task": "frame-classification"}, "task must be one of utterance-classification, speaker-id, phoneme, asr"),
     ({"epochs": 0}, "epochs, batch_size, .* must be >= 1"),
+    ({"seeds": 0}, "downsample and seeds must be >= 1"),
     ({"lr": 0.0}, "lr, max_batch_seconds, .* must be positive"),
 ])
 def test_probe_config_rejects_bad_values(kwargs, match):
@@ -183,12 +184,12 @@ def test_probe_config_rejects_bad_values(kwargs, match):
 
 def test_mfcc_probe_learns_digits_and_speakers(split):
     """Measured with the default config: digits 0.867, speakers 0.956 (chance 0.10 and 0.17)."""
-    digits = probes.probe(probes.MFCC, *split, DIGIT)
+    digits = probes.probe(probes.MFCC, *split, DIGIT).runs[0]
     assert (digits.n_train, digits.n_test, digits.classes) == (300, 180, [str(d) for d in range(10)])
     assert digits.accuracy > 0.75
     assert digits.layer_weights == [1.0]
     assert sum(digits.test_counts.values()) == 180 and set(digits.class_accuracy) == set(digits.classes)
-    speakers = probes.probe(probes.MFCC, *split, SPEAKER)
+    speakers = probes.probe(probes.MFCC, *split, SPEAKER).runs[0]
     assert speakers.classes == ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
     assert speakers.accuracy > 0.85
 
@@ -198,7 +199,53 @@ def test_probe_is_deterministic_for_a_seed_and_leaves_the_global_rng_alone(small
     first = probes.probe(probes.MFCC, *small_split, SPEAKER, probes.ProbeConfig(epochs=5, seed=3))
     assert torch.equal(torch.random.get_rng_state(), state)
     assert first == probes.probe(probes.MFCC, *small_split, SPEAKER, probes.ProbeConfig(epochs=5, seed=3))
-    assert first.train_loss != probes.probe(probes.MFCC, *small_split, SPEAKER, probes.ProbeConfig(epochs=5, seed=4)).train_loss
+    other = probes.probe(probes.MFCC, *small_split, SPEAKER, probes.ProbeConfig(epochs=5, seed=4))
+    assert first.runs[0].train_loss != other.runs[0].train_loss
+
+
+def test_seeds_share_the_features_and_each_equals_its_own_single_seed_run(small_split, monkeypatch):
+    """`seeds=3` computes each manifest's features once and trains heads at seeds 3, 4, 5; each
+    head is the one a single-seed run at that seed gives, and the spread is theirs."""
+    computed = []
+    real = probes.FrozenFeatures.compute.__func__
+
+    def counting(cls, source, paths, *args, **kwargs):
+        computed.append(len(paths))
+        return real(cls, source, paths, *args, **kwargs)
+
+    monkeypatch.setattr(probes.FrozenFeatures, "compute", classmethod(counting))
+    seeded = probes.probe(probes.MFCC, *small_split, SPEAKER, probes.ProbeConfig(epochs=5, seed=3, seeds=3))
+    assert computed == [20, 12]  # train and test, once each, for three heads
+    assert seeded.seeds == [3, 4, 5]
+    for run in seeded.runs:
+        alone = probes.probe(probes.MFCC, *small_split, SPEAKER, probes.ProbeConfig(epochs=5, seed=run.seed)).runs[0]
+        assert run == alone
+    losses = {r.train_loss for r in seeded.runs}
+    assert len(losses) == 3  # the seeds differ
+    spread = seeded.metrics["accuracy"]
+    assert spread.values == tuple(r.accuracy for r in seeded.runs)
+    as_json = json.loads(json.dumps(seeded.to_dict()))
+    assert as_json["seeds"] == [3, 4, 5] and [r["seed"] for r in as_json["runs"]] == [3, 4, 5]
+    assert as_json["metrics"]["accuracy"]["values"] == [r.accuracy for r in seeded.runs]
+
+
+def test_seed_statistics_against_hand_computed_values():
+    """Sample sd (n - 1): for 0.40, 0.46, 0.52 the mean is 0.46 and the sd sqrt((0.06^2 * 2) / 2) = 0.06."""
+    s = probes.Spread.of([0.40, 0.46, 0.52])
+    assert s.mean == pytest.approx(0.46, abs=1e-12) and s.sd == pytest.approx(0.06, abs=1e-12)
+    two = probes.Spread.of([0.30, 0.34])  # mean 0.32, sd |0.30 - 0.34| / sqrt(2) = 0.028284...
+    assert two.mean == pytest.approx(0.32) and two.sd == pytest.approx(0.04 / 2 ** 0.5)
+    assert probes.Spread.of([0.7]).sd is None  # one seed: no spread
+    assert s.format(100, 1, "%") == "46.0 ± 6.0%" and probes.Spread.of([0.7]).format() == "0.700"
+    # the rule: |difference| against 2 x sqrt(sd1^2 + sd2^2) = 2 x sqrt(0.06^2 + 0.028284^2) = 0.132665
+    c = probes.compare(s, two)
+    assert c.difference == pytest.approx(0.14) and c.margin == pytest.approx(2 * (0.06 ** 2 + 0.0008) ** 0.5)
+    assert c.margin == pytest.approx(0.132665, abs=1e-6) and c.beyond_spread is True
+    near = probes.compare(s, probes.Spread.of([0.35, 0.39]))  # difference 0.09 < 0.132665
+    assert near.difference == pytest.approx(0.09) and near.beyond_spread is False
+    assert probes.compare(s, probes.Spread.of([0.1])).beyond_spread is None
+    with pytest.raises(ValueError, match="at least one value"):
+        probes.Spread.of([])
 
 
 @pytest.fixture
@@ -213,11 +260,13 @@ def test_cli_probe_with_a_tiny_lighthubert_weights_every_hidden_state(tiny_check
     code, out, _ = run(capsys, "probe", "--checkpoint", tiny_checkpoint, "--subnet", "min", "--train", small_split[0],
                        "--test", small_split[1], "--labels", SPEAKER, "--epochs", "3", "--quiet", "--json")
     assert code == 0
-    result = json.loads(out)
+    seeded = json.loads(out)
+    result = seeded["runs"][0]
+    assert seeded["source"].startswith("e64") and seeded["seeds"] == [0] and seeded["metrics"]["accuracy"]["sd"] is None
     depth = checkpoint.load_model(tiny_checkpoint, "min").subnet.depth
     assert len(result["layer_weights"]) == depth + 1
     assert sum(result["layer_weights"]) == pytest.approx(1.0)
-    assert result["source"].startswith("e64") and (result["n_train"], result["n_test"]) == (20, 12)
+    assert (result["n_train"], result["n_test"]) == (20, 12)
     assert 0.0 <= result["accuracy"] <= 1.0 and result["classes"] == ["george", "jackson"]
 
 
@@ -228,6 +277,23 @@ def test_cli_probe_text_output(small_split, capsys):
     head, table, row = out.splitlines()
     assert head.startswith("utterance-classification on mfcc: accuracy ") and "/12 test utterances; 2 classes, 20 training" in head
     assert table.split() == ["layer", "weight"] and row.split()[:2] == ["0", "1.000"]
+
+
+def test_cli_probe_seeds_print_mean_sd_and_every_seed(small_split, capsys):
+    code, out, _ = run(capsys, "probe", "--checkpoint", "mfcc", "--train", small_split[0], "--test", small_split[1],
+                       "--labels", SPEAKER, "--epochs", "3", "--seeds", "3", "--seed", "1", "--quiet", "--json")
+    assert code == 0
+    seeded = json.loads(out)
+    values = [r["accuracy"] for r in seeded["runs"]]
+    assert seeded["seeds"] == [1, 2, 3] and seeded["metrics"]["accuracy"]["values"] == values
+    assert seeded["metrics"]["accuracy"]["mean"] == pytest.approx(sum(values) / 3)
+    code, out, _ = run(capsys, "probe", "--checkpoint", "mfcc", "--train", small_split[0], "--test", small_split[1],
+                       "--labels", SPEAKER, "--epochs", "3", "--seeds", "3", "--seed", "1", "--quiet")
+    head = out.splitlines()[0]
+    spread = probes.Spread.of(values)
+    assert head.startswith(f"utterance-classification on mfcc: accuracy {spread.format()} (mean ± sd over 3 head seeds; "
+                           f"seed 1 {values[0]:.3f}; seed 2 {values[1]:.3f}; seed 3 {values[2]:.3f}"), head
+    assert "(mean over 3 seeds)" in out.splitlines()[1]
 
 
 @pytest.mark.parametrize("case, match", [

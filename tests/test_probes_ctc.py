@@ -130,16 +130,17 @@ def test_probe_tasks_share_features_across_phoneme_asr_and_speaker(generated, mo
         return real(cls, source, paths, *args, **kwargs)
 
     monkeypatch.setattr(probes.FrozenFeatures, "compute", classmethod(counting))
-    results = probes.probe_tasks(probes.MFCC, c.train, c.test, {
+    seeded = probes.probe_tasks(probes.MFCC, c.train, c.test, {
         "phoneme": probes.ProbeTask("phoneme"), "asr": probes.ProbeTask("asr"),
         "speaker": probes.ProbeTask("speaker-id", SPEAKER, test=c.valid)}, probes.ProbeConfig(**SMALL))
     assert computed == [60, 20, 20]  # train, test, valid: once each
+    results = {name: r.runs[0] for name, r in seeded.items()}
     assert set(results["phoneme"].metrics) == {"per"} and set(results["asr"].metrics) == {"cer", "wer"}
     assert results["phoneme"].metrics["per"] < 0.5 and results["asr"].metrics["cer"] < 0.6
     assert results["speaker"].task == "speaker-id" and results["speaker"].accuracy > 0.8  # chance 0.5
     assert results["phoneme"].vocab == sorted({p for w in corpus.WORDS for p in corpus._WORD_PHONES[w].split()})
     assert results["phoneme"].examples[0]["ref"] == "z I r o"
-    assert json.dumps(results["asr"].to_dict())
+    assert json.dumps(seeded["asr"].to_dict())
 
 
 def test_cli_probe_phoneme_and_asr(generated, capsys):
@@ -149,7 +150,8 @@ def test_cli_probe_phoneme_and_asr(generated, capsys):
     assert code == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["task"] for r in rows] == ["phoneme", "asr"] and rows[0]["source"] == "mfcc"
-    assert len(rows[1]["loss_history"]) == 2 and rows[1]["n_test"] == 20
+    assert len(rows[1]["runs"][0]["loss_history"]) == 2 and rows[1]["runs"][0]["n_test"] == 20
+    assert set(rows[1]["metrics"]) == {"cer", "wer"} and rows[1]["metrics"]["cer"]["values"] == [rows[1]["runs"][0]["metrics"]["cer"]]
     code = main(["probe", "--checkpoint", "mfcc", "--train", str(c.train), "--test", str(c.test), "--task", "phoneme",
                  "--ctc-epochs", "1", "--lstm-dim", "8", "--quiet"])
     out = capsys.readouterr().out
@@ -182,6 +184,62 @@ def test_cli_probe_label_file_errors_are_one_line(generated, tmp_path, capsys, c
                  "--quiet", *extra])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and err.startswith("lighthubert: error: ") and re.search(match, err), err
+
+
+def librispeech_text_tree(folder: Path, n: int) -> tuple[Path, Path]:
+    """A LibriSpeech-layout tree of `n` utterances without audio (checking labels reads none):
+    `*.trans.txt` per chapter, train and test manifests of n / 2 utterances each, and their
+    .ltr / .phn files. Returns (train, test) manifests."""
+    root = folder / "audio"
+    words = ["AS", "YOU", "LIKE", "IT"]
+    chapters: dict[Path, list[str]] = {}
+    entries = []
+    for i in range(n):
+        speaker, chapter = 100 + i % 3, 7 + i % 2
+        stem, text = f"{speaker}-{chapter}-{i:04d}", " ".join(words[: 1 + i % 4])
+        chapters.setdefault(root / str(speaker) / str(chapter), []).append(f"{stem} {text}")
+        entries.append((f"{speaker}/{chapter}/{stem}.flac", text))
+    for ch, lines in chapters.items():
+        ch.mkdir(parents=True)
+        (ch / f"{ch.parent.name}-{ch.name}.trans.txt").write_text("\n".join(lines) + "\n")
+    manifests = []
+    for name, part in (("train", entries[: n // 2]), ("test", entries[n // 2 :])):
+        tsv = folder / f"{name}.tsv"
+        tsv.write_text("\n".join([str(root)] + [f"{rel}\t16000" for rel, _ in part]) + "\n")
+        tsv.with_suffix(".ltr").write_text("".join(transcripts.letters(t) + "\n" for _, t in part))
+        tsv.with_suffix(".phn").write_text("".join(" ".join(w.lower() for w in t.split()) + "\n" for _, t in part))
+        manifests.append(tsv)
+    return manifests[0], manifests[1]
+
+
+@pytest.mark.parametrize("hours", [0.0, 20 * 16000 / 3600 / 16000])  # all utterances; a 20-utterance subset
+def test_checking_labels_reads_each_file_once_whatever_the_size(tmp_path, monkeypatch, hours):
+    """Label checking was quadratic: the label file, every `*.trans.txt` and the order check
+    were redone for every kept utterance (1,000 utterances 10.8 s, 2,000 50.9 s). Each file
+    is now read once per `check_tasks` call, so the count of reads does not grow with N."""
+    from lighthubert import settings
+    real = settings.read_text
+    reads: dict[str, int] = {}
+
+    def counting(path, *args, **kwargs):
+        reads[Path(path).name] = reads.get(Path(path).name, 0) + 1
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(settings, "read_text", counting)
+    tasks = {"phoneme": probes.ProbeTask("phoneme"), "asr": probes.ProbeTask("asr"),
+             "speaker": probes.ProbeTask("speaker-id")}
+    seen = []
+    for n in (60, 240):
+        reads.clear()
+        train, test = librispeech_text_tree(tmp_path / str(n), n)
+        checked = probes.check_tasks(train, test, tasks, train_hours=hours)
+        texts = [" ".join(["AS", "YOU", "LIKE", "IT"][: 1 + int(p.stem[-4:]) % 4]) for p in checked["asr"].train_paths]
+        assert checked["asr"].train_labels == [transcripts.letters(t).split() for t in texts]  # labels follow the subset
+        assert len(checked["phoneme"].train_paths) == (n // 2 if not hours else 20)
+        seen.append(dict(reads))
+    assert seen[0] == seen[1], seen  # as many reads at 240 utterances as at 60
+    assert set(seen[1].values()) == {1}, seen[1]  # every manifest, label file and transcript once
+    assert {"train.tsv", "test.tsv", "train.ltr", "test.ltr", "train.phn", "test.phn", "100-7.trans.txt"} <= set(seen[1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,7 +283,7 @@ def test_ctc_probe_learns_on_real_speech(libri, kind, suffix):
 @pytest.mark.slow
 def test_speaker_id_on_held_out_real_utterances(libri):
     train, valid, _ = libri
-    result = probes.probe(probes.MFCC, train, valid, cfg=probes.ProbeConfig(task="speaker-id"))
+    result = probes.probe(probes.MFCC, train, valid, cfg=probes.ProbeConfig(task="speaker-id")).runs[0]
     assert len(result.classes) == len({p.split("/")[0] for p, _ in read_manifest(train).entries})
     assert result.accuracy > 0.6, result  # chance is at most 1/2
 

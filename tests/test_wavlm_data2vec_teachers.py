@@ -132,7 +132,7 @@ def test_extract_probe_and_s3prl_upstream(teachers, train_setup, tmp_path, capsy
                  "--test", str(train_setup / "test.tsv"), "--labels", r"^[a-z]+_([a-z]+)_", "--epochs", "2",
                  "--quiet", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert len(result["layer_weights"]) == 4 and 0 <= result["accuracy"] <= 1
+    assert len(result["runs"][0]["layer_weights"]) == 4 and 0 <= result["runs"][0]["accuracy"] <= 1
 
 
 def test_stage2_and_search_with_a_wavlm_teacher(teachers, train_setup, tmp_path, capsys):

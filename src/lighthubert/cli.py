@@ -249,7 +249,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = settings.from_dict(demo.DemoConfig, chosen, "demo")
     report = demo.run(cfg)
     print(demo.report_text(report))
-    print(f"report (each probe vs the teacher, notes, settings): {Path(cfg.out) / 'report.md'}, "
+    print(f"report (comparisons judged by the seed spread, notes, settings): {Path(cfg.out) / 'report.md'}, "
           f"plot: {Path(cfg.out) / 'report.png'}")
     return 0
 
@@ -270,9 +270,9 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 
 def cmd_probe(args: argparse.Namespace) -> int:
     kinds = args.task or ["utterance-classification"]
-    settings = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "hidden", "seed", "ctc_epochs", "ctc_lr",
-                                              "ctc_batch_seconds", "lstm_layers", "lstm_dim", "downsample", "threads",
-                                              "train_hours")}
+    settings = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "hidden", "seed", "seeds", "ctc_epochs",
+                                              "ctc_lr", "ctc_batch_seconds", "lstm_layers", "lstm_dim", "downsample",
+                                              "threads", "train_hours")}
     cfg = probes.ProbeConfig(task=kinds[0], **{k: v for k, v in settings.items() if v is not None})
     if len(set(kinds)) < len(kinds):
         raise ValueError(f"--task given twice: {kinds}")
@@ -300,17 +300,26 @@ def cmd_probe(args: argparse.Namespace) -> int:
         rows = [{"source": name, **r.to_dict()} for r in results.values()]
         print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
         return 0
-    for result in results.values():
-        if isinstance(result, probes.ProbeResult):
+    for seeded in results.values():
+        result, n = seeded.runs[0], len(seeded.runs)
+        if n > 1:  # each metric's mean ± sd, then every seed's figure
+            rate = {k: k != "accuracy" for k in seeded.metrics}  # error rates print in %
+            scores = ", ".join(f"{k.upper()} {v.format(100, 2, '%')}" if rate[k] else f"{k} {v.format()}"
+                               for k, v in seeded.metrics.items())
+            each = "; ".join(f"seed {r.seed} " + ", ".join(f"{100 * v:.2f}%" if rate[k] else f"{v:.3f}"
+                                                          for k, v in r.metrics.items()) for r in seeded.runs)
+            print(f"{result.task} on {name}: {scores} (mean ± sd over {n} head seeds; {each}; {result.n_test} test, "
+                  f"{result.n_train} training utterances)")
+        elif isinstance(result, probes.ProbeResult):
             print(f"{result.task} on {name}: accuracy {result.accuracy:.3f} ({round(result.accuracy * result.n_test)}/"
                   f"{result.n_test} test utterances; {len(result.classes)} classes, {result.n_train} training utterances)")
         else:
             scores = ", ".join(f"{k.upper()} {100 * v:.2f}%" for k, v in result.metrics.items())
             print(f"{result.task} on {name}: {scores} ({result.n_test} test utterances; {len(result.vocab)} tokens, "
                   f"{result.n_train} training utterances; CTC loss {result.loss_history[0]:.3f} -> {result.train_loss:.3f})")
-        print("layer  weight")
-        for i, w in enumerate(result.layer_weights):
-            print(f"{i:>5}  {w:.3f}  {'#' * round(40 * w)}")
+        print("layer  weight" + (f" (mean over {n} seeds)" if n > 1 else ""))
+        for i, w in enumerate(zip(*(r.layer_weights for r in seeded.runs))):
+            print(f"{i:>5}  {sum(w) / n:.3f}  {'#' * round(40 * sum(w) / n)}")
     return 0
 
 
@@ -544,7 +553,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--train-hours", type=float, help="train every head on a seeded random subset of about this much "
                    "audio: features and heads cost in proportion (default: all)")
     r.add_argument("--threads", type=int, help=f"torch threads while a head trains; 0 = as set (default {defaults.threads})")
-    r.add_argument("--seed", type=int, help=f"seeds the head's init and batch order (default {defaults.seed})")
+    r.add_argument("--seed", type=int, help=f"seeds the head's init and batch order, and --train-hours' subset "
+                   f"(default {defaults.seed})")
+    r.add_argument("--seeds", type=int, help="head seeds: heads trained at --seed, --seed + 1, ... on the same features "
+                   "(computed once); prints each metric's mean ± sd (sample sd) and every seed's figure "
+                   f"(default {defaults.seeds})")
     r.add_argument("--device", help="torch device for the upstream, e.g. cuda (default cpu)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--json", action="store_true", help="machine-readable output (a list for several tasks)")

@@ -54,6 +54,7 @@ class DemoConfig:
     phoneme_epochs: int = 10  # built-in corpus: phoneme probe (linear CTC head) epochs
     phoneme_lstm_layers: int = 0  # built-in corpus: phoneme probe BiLSTM layers of 128; 0 = a linear CTC head (SUPERB's PR)
     probe_train_hours: float = 0.0  # hours of training audio the probes learn from (0: all)
+    probe_seeds: int = 3  # probe heads per model and task (seeds seed, seed + 1, ...) on features computed once: mean ± sd
     seed: int = 0  # corpus, splits, training, search and probes
 
     def __post_init__(self) -> None:
@@ -62,7 +63,7 @@ class DemoConfig:
         if not self.labels and not self.librispeech:
             raise ValueError("labels: give at least one probe, name=regex or name=CSV file")
         for name in ("teacher_steps", "stage1_steps", "stage2_steps", "population", "generations", "probe_epochs",
-                     "phoneme_epochs", "teacher_clusters"):
+                     "phoneme_epochs", "teacher_clusters", "probe_seeds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.valid_fraction < 1:

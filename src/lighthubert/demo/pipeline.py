@@ -23,7 +23,7 @@ from ..space import SubnetConfig, count_macs, count_params
 from ..trainer import Trainer
 from .config import DISTIL, MIN_SAMPLES, TEACHER, DemoConfig, budget_fraction, shape_of, space_of
 from .corpora import Tasks, prepare_data, probe_tasks
-from .report import plot, report_markdown
+from .report import comparisons, plot, report_markdown
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def probe_settings(cfg: DemoConfig) -> probes.ProbeConfig:
     """The probes' settings. Sequence heads: for LibriSpeech the probes' own defaults (a BiLSTM
     CTC head, docs/probes.md); for the built-in corpus's phoneme probe a linear CTC head
     (SUPERB PR's) at 50 Hz, lr 2e-2, batches of 10 s: seconds per model there."""
-    common = {"epochs": cfg.probe_epochs, "seed": cfg.seed, "train_hours": cfg.probe_train_hours}
+    common = {"epochs": cfg.probe_epochs, "seed": cfg.seed, "seeds": cfg.probe_seeds, "train_hours": cfg.probe_train_hours}
     if cfg.corpus == "librispeech":
         return probes.ProbeConfig(**common)
     return probes.ProbeConfig(**common, ctc_epochs=cfg.phoneme_epochs, lstm_layers=cfg.phoneme_lstm_layers,
@@ -153,6 +153,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     report = {"rows": rows, "metrics": metric_columns(tasks),
               "searches": [{k: v for k, v in s.items() if k != "history"} for s in searches],
               "max_params": max_params, "timings_s": timings, "config": dataclasses.asdict(cfg)}
+    report["comparisons"] = comparisons(report)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(report, searches, out / "report.png")
     (out / "report.md").write_text(report_markdown(report))
@@ -176,7 +177,8 @@ def counts(model: HuBERT) -> dict[str, Any]:
 def _measure(model: Union[HuBERT, str], name: str, cfg: DemoConfig, data: dict[str, Path], tasks: Tasks,
              out: Path) -> dict[str, Any]:
     """Shape, params and MACs (counted, every run) and CPU latency and probe results (measured,
-    cached in out/probes/) of one row."""
+    cached in out/probes/) of one row. Each probe column holds the mean over the head seeds;
+    `sd` its sample sd (None for one seed) and `per_seed` every seed's figure, in `probe_seeds` order."""
     row = counts(model) if isinstance(model, HuBERT) else {}
     cache = out / "probes" / (re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + ".json")
     if cache.is_file():
@@ -184,11 +186,14 @@ def _measure(model: Union[HuBERT, str], name: str, cfg: DemoConfig, data: dict[s
         return {**row, **{k: v for k, v in measured.items() if k not in row}}
     started = time.perf_counter()
     results = probes.probe_tasks(model, data["train"], data["test"], tasks, probe_settings(cfg), progress=True)
-    measured: dict[str, Any] = {"probe_seconds": round(time.perf_counter() - started, 1)}
+    measured: dict[str, Any] = {"probe_seconds": round(time.perf_counter() - started, 1),
+                                "probe_seeds": next(iter(results.values())).seeds, "sd": {}, "per_seed": {}}
     for task, result in results.items():
-        if "accuracy" in result.metrics:
-            measured[f"{task} acc"] = result.metrics["accuracy"]
-        measured.update({k.upper(): v for k, v in result.metrics.items() if k != "accuracy"})
+        for metric, spread in result.metrics.items():
+            column = f"{task} acc" if metric == "accuracy" else metric.upper()
+            measured[column] = spread.mean
+            measured["sd"][column] = spread.sd
+            measured["per_seed"][column] = list(spread.values)
     if isinstance(model, HuBERT):
         measured["latency_ms"] = search.measure_latency(model.eval(), runs=5, seconds=1.0)
     cache.parent.mkdir(parents=True, exist_ok=True)

@@ -1,46 +1,57 @@
-"""The demo's report: the results table (terminal and Markdown) and the figure.
+"""The demo's report: the results table (terminal and Markdown), the comparisons it states,
+and the figure.
 
 Probe columns are `report["metrics"]`: `NAME acc` (accuracy, higher is better) and the error
-rates `PER`, `CER`, `WER` (lower is better), each also shown relative to the teacher.
+rates `PER`, `CER`, `WER` (lower is better), each the mean ± sd over the probe-head seeds
+(`row["per_seed"]` holds every seed's figure). Each comparison (every model against the
+teacher and against MFCCs, the subnet at DistilHuBERT's count against DistilHuBERT) says in
+words whether the difference of the means exceeds `probes.SPREAD_FACTOR` times the combined
+sd, `sqrt(sd1^2 + sd2^2)`, or lies within it (the rule: `probes/spread.py`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from .. import search
+from ..probes import SPREAD_FACTOR, Spread, compare
 from ..space import format_count, format_table
 
 ERROR_RATES = ("PER", "CER", "WER")
+TEACHER, MFCC_ROW, DISTILHUBERT, SUBNET_AT_DISTILHUBERT = ("teacher", "MFCC", "DistilHuBERT",
+                                                           "LightHuBERT subnet, DistilHuBERT's params")  # row names (prefixes)
 
 
-def _cell(metric: str, value: float) -> str:
-    return f"{100 * value:.1f}%" if metric in ERROR_RATES else f"{value:.3f}"
+def spread(row: dict[str, Any], metric: str) -> Spread:
+    """A row's figure over the probe-head seeds; a row without `per_seed` (a report written
+    before probes had seeds) is its one figure."""
+    return Spread.of(row["per_seed"][metric]) if "per_seed" in row else Spread.of([row[metric]])
 
 
-def _table(report: dict[str, Any], retention: bool) -> tuple[list[str], list[list[str]]]:
-    """(columns, cells) of the results table; `retention`: add each probe relative to the teacher."""
+def _cell(metric: str, s: Spread) -> str:
+    """`48.6 ± 1.2%` for an error rate, `0.893 ± 0.012` for an accuracy (the mean alone for one seed)."""
+    return s.format(100, 1, "%") if metric in ERROR_RATES else s.format()
+
+
+def _table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(columns, cells) of the results table: each probe's mean ± sd over the head seeds."""
     rows, metrics = report["rows"], report["metrics"]
-    teacher = next(r for r in rows if r["name"].startswith("teacher"))
     cols = ["model", "shape", "params", "MACs / 1 s", "CPU ms / 1 s", "valid loss"] + list(metrics)
-    cols += [f"{m} vs teacher" for m in metrics] if retention else []
     cells = []
     for r in rows:
         line = [r["name"], r.get("shape", "-"), f"{r['params']:,}" if "params" in r else "-",
                 format_count(r["macs"]) if "macs" in r else "-",
                 f"{r['latency_ms']:.1f}" if "latency_ms" in r else "-",
                 f"{r['valid_loss']:.4f}" if r.get("valid_loss") is not None else "-"]
-        line += [_cell(m, r[m]) for m in metrics]
-        if retention:
-            line += [f"{100 * r[m] / teacher[m]:.1f}%" if teacher[m] else "-" for m in metrics]
+        line += [_cell(m, spread(r, m)) for m in metrics]
         cells.append(line)
     return cols, cells
 
 
 def report_text(report: dict[str, Any]) -> str:
     """What the terminal shows: the table as aligned plain text (the rest is in report.md)."""
-    return format_table(*_table(report, retention=False))
+    return format_table(*_table(report))
 
 
 def _corpus(cfg: dict[str, Any]) -> str:
@@ -50,10 +61,65 @@ def _corpus(cfg: dict[str, Any]) -> str:
     return cfg["data"] or "the built-in generated corpus"
 
 
+def _find(rows: list[dict[str, Any]], prefix: str) -> Optional[dict[str, Any]]:
+    return next((r for r in rows if r["name"].startswith(prefix)), None)
+
+
+def comparisons(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every comparison the report states, judged by the seed spread: each learned model against
+    the teacher, every model against MFCCs, and the subnet at DistilHuBERT's parameter count
+    against DistilHuBERT (the paper's head-to-head), on every probe column.
+
+    Returns:
+        One dict per comparison and metric: `model`, `reference`, `metric`, both figures
+        (`mean`, `sd`, `values`), `difference` (model minus reference, in the metric's unit),
+        `margin` (`SPREAD_FACTOR` x combined sd; None for one seed), `beyond_spread` (True,
+        False or None) and `verdict`, the sentence the report prints.
+    """
+    rows, metrics = report["rows"], report["metrics"]
+    teacher, mfcc, distil = _find(rows, TEACHER), _find(rows, MFCC_ROW), _find(rows, DISTILHUBERT)
+    pairs = [(r, teacher) for r in rows if teacher and r is not teacher and r is not mfcc]
+    pairs += [(r, mfcc) for r in rows if mfcc and r is not mfcc]
+    subnet = _find(rows, SUBNET_AT_DISTILHUBERT)
+    pairs += [(subnet, distil)] if subnet and distil else []
+    out = []
+    for model, reference in pairs:
+        for m in metrics:
+            a, b = spread(model, m), spread(reference, m)
+            c = compare(a, b)
+            out.append({"model": model["name"], "reference": reference["name"], "metric": m, "model_figure": a.to_dict(),
+                        "reference_figure": b.to_dict(), "difference": c.difference, "margin": c.margin,
+                        "beyond_spread": c.beyond_spread, "verdict": verdict(m, model["name"], a, reference["name"], b)})
+    return out
+
+
+def verdict(metric: str, model: str, a: Spread, reference: str, b: Spread) -> str:
+    """One comparison in words: the judgment first, then both figures, the difference and the
+    margin it was held against; e.g. `PER, stage 1 vs MFCC: within the seed spread, no ranking:
+    48.6 ± 1.2% vs 49.8 ± 0.9% (3 / 3 seeds; ratio 97.6%), difference 1.2 points <= 2 x
+    combined sd = 3.0 points`."""
+    rate = metric in ERROR_RATES
+    scale, digits, unit = (100, 1, " points") if rate else (1, 3, "")
+    c = compare(a, b)
+    ratio = f"; ratio {100 * a.mean / b.mean:.1f}%" if b.mean else ""
+    figures = f"{_cell(metric, a)} vs {_cell(metric, b)} ({len(a.values)} / {len(b.values)} seeds{ratio})"
+    diff = f"difference {scale * abs(c.difference):.{digits}f}{unit}"
+    if c.margin is None:
+        judgment, why = "not judged, one seed: no spread measured", diff
+    elif c.beyond_spread:
+        better = model if (c.difference < 0) == rate else reference
+        judgment = f"{better} better, beyond the seed spread"
+        why = f"{diff} > {SPREAD_FACTOR:g} x combined sd = {scale * c.margin:.{digits}f}{unit}"
+    else:
+        judgment = "within the seed spread, no ranking"
+        why = f"{diff} <= {SPREAD_FACTOR:g} x combined sd = {scale * c.margin:.{digits}f}{unit}"
+    return f"{metric}, {model} vs {reference}: {judgment}: {figures}, {why}"
+
+
 def report_markdown(report: dict[str, Any]) -> str:
-    """The Markdown report: the table, each probe relative to the teacher, the figure, the settings."""
+    """The Markdown report: the table, the comparisons judged by the seed spread, the figure, the settings."""
     cfg = report["config"]
-    cols, cells = _table(report, retention=True)
+    cols, cells = _table(report)
     labels = ", ".join(f"{t} (`{spec}`)" for t, spec in cfg["labels"].items())
     md = ["# lighthubert demo report", "", f"Data: {_corpus(cfg)}." + (f" Label probes: {labels}." if labels else ""), "",
           "| " + " | ".join(cols) + " |", "|" + "|".join("---" if i < 2 else "--:" for i in range(len(cols))) + "|"]
@@ -69,11 +135,23 @@ def report_markdown(report: dict[str, Any]) -> str:
            "DistilHuBERT = L1 + cosine of its heads.",
            "- Probes on frozen features (learned softmax weights over all hidden states, SUPERB's featurizer): "
            "accuracy of an MLP head on mean-pooled features (higher is better); PER, CER and WER of a CTC head with "
-           "greedy decoding, no language model (lower is better). `vs teacher`: the model's figure over the "
-           "teacher's (for error rates, above 100% is worse)."
+           "greedy decoding, no language model (lower is better)."
            + (f" Probe heads learn from {cfg['probe_train_hours']} h of the training audio." if cfg.get("probe_train_hours")
-              else ""),
-           "", "![results](report.png)", "",
+              else "")
+           + f" Each figure is the mean ± sample sd over {cfg.get('probe_seeds', 1)} probe-head seed(s) (`probe_seeds`: the "
+             "heads' init and batch order vary; the features and any training subset are shared); `report.json` holds "
+             "every seed's figure.",
+           "", "## Comparisons", "",
+           f"A difference of means counts only beyond {SPREAD_FACTOR:g} x the combined seed sd, sqrt(sd1^2 + sd2^2): "
+           "under normal noise one seed of each model would then rank the two the same way at least 97.7% of the time. "
+           "Within it, the two are not ranked. The spread is the probe heads' only: each model was trained once. "
+           "`ratio`: the model's mean over the reference's (for error rates, above 100% is worse).", ""]
+    stated = comparisons(report)
+    for title, prefix in (("Against the teacher", TEACHER), ("Against MFCCs", MFCC_ROW),
+                          ("The subnet at DistilHuBERT's parameter count against DistilHuBERT", DISTILHUBERT)):
+        said = [c["verdict"] for c in stated if c["reference"].startswith(prefix)]
+        md += [f"{title}:", "", *[f"- {v}" for v in said], ""] if said else []
+    md += ["![results](report.png)", "",
            "Searches (evolution, " + f"{cfg['population']} x {cfg['generations']} evaluations each):", ""]
     md += [f"- {s['budget']} (at most {s['max_params']:,} parameters): {s['best']}" for s in report["searches"]]
     md += ["", "Time per step in this run (s; 0 for a step reused from an earlier run): "
@@ -84,7 +162,8 @@ def report_markdown(report: dict[str, Any]) -> str:
 def plot(report: dict[str, Any], searches: list[dict], path: Path) -> None:
     """Left: every evaluated subnet (params vs validation loss), the Pareto fronts and the budgets.
     Then accuracy against parameters, and error rates against parameters (each when a probe of
-    that kind ran), every model a point and MFCC a line."""
+    that kind ran), every model a point with its seed sd as an error bar, MFCC a line with its
+    sd as a band."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -109,7 +188,8 @@ def plot(report: dict[str, Any], searches: list[dict], path: Path) -> None:
     left.set_ylabel("distillation validation loss")
     left.set_title("subnet search (dashed: parameter budgets)")
     left.grid(alpha=0.3)
-    left.legend(fontsize=7)
+    if searches:
+        left.legend(fontsize=7)
     models = [r for r in rows if "params" in r]
     mfcc = next(r for r in rows if "params" not in r)
     for ax, panel in zip(axes[1:], panels):
@@ -117,10 +197,13 @@ def plot(report: dict[str, Any], searches: list[dict], path: Path) -> None:
         scale = 100 if errors else 1
         points = []  # (params M, value, label), labelled together below
         for m, marker in zip(panel, ["o", "s", "^", "D"]):
-            ax.scatter([r["params"] / 1e6 for r in models], [scale * r[m] for r in models], marker=marker, s=40, label=m)
+            ax.errorbar([r["params"] / 1e6 for r in models], [scale * r[m] for r in models], fmt=marker, markersize=6,
+                        yerr=[scale * (spread(r, m).sd or 0.0) for r in models], capsize=3, label=m)
             points += [(r["params"] / 1e6, scale * r[m], r["name"].replace("LightHuBERT subnet, ", "")
                         .replace(" of max params", "")) for r in models]
             ax.axhline(scale * mfcc[m], linestyle=":", color="0.4", linewidth=1)
+            band = scale * (spread(mfcc, m).sd or 0.0)
+            ax.axhspan(scale * mfcc[m] - band, scale * mfcc[m] + band, color="0.5", alpha=0.12, linewidth=0)
             ax.annotate(f"MFCC {m}", (0, scale * mfcc[m]), xycoords=("axes fraction", "data"), fontsize=7, color="0.3",
                         xytext=(3, -9), textcoords="offset points")
         values = [y for _, y, _ in points] + [scale * mfcc[m] for m in panel]

@@ -20,7 +20,8 @@ class ProbeConfig:
     batch_size: int = 32  # utterance heads: utterances per step
     hidden: int = 256  # utterance heads: ReLU layer width; 0 = linear head (SUPERB's)
     layer_norm: bool = True  # layer-normalise each hidden state before weighting (see `Featurizer`)
-    seed: int = 0  # seeds the head's init and the batch order
+    seed: int = 0  # seeds the head's init and the batch order (the first head's), and the train_hours subset
+    seeds: int = 1  # head seeds: heads at seed, seed + 1, ... on the same features and subset; results give mean and sd
     max_batch_seconds: float = 60.0  # padded audio per forward pass of the upstream
     train_hours: float = 0.0  # when > 0: train every head on a seeded random subset of about this much audio
     threads: int = 1  # torch threads while a head trains (0: leave as set); see `torch_threads`
@@ -36,10 +37,10 @@ class ProbeConfig:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         counts = {"epochs": self.epochs, "batch_size": self.batch_size, "ctc_epochs": self.ctc_epochs,
-                  "lstm_dim": self.lstm_dim, "downsample": self.downsample}
+                  "lstm_dim": self.lstm_dim, "downsample": self.downsample, "seeds": self.seeds}
         bad = {k: v for k, v in counts.items() if v < 1}
         if bad or self.hidden < 0 or self.lstm_layers < 0 or self.threads < 0:
-            raise ValueError(f"epochs, batch_size, ctc_epochs, lstm_dim and downsample must be >= 1 and hidden, "
+            raise ValueError(f"epochs, batch_size, ctc_epochs, lstm_dim, downsample and seeds must be >= 1 and hidden, "
                              f"lstm_layers and threads >= 0, got {dict(counts, hidden=self.hidden, lstm_layers=self.lstm_layers, threads=self.threads)}")
         positive = {"lr": self.lr, "max_batch_seconds": self.max_batch_seconds, "ctc_lr": self.ctc_lr,
                     "ctc_batch_seconds": self.ctc_batch_seconds}

@@ -13,22 +13,20 @@ can learn on top of them.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
+from ..model import BLANK
+from ..progress import progress_bar
 from .config import ProbeConfig
 from .features import Featurizer, FrozenFeatures, torch_threads
-from .metrics import greedy_tokens
+from .metrics import BLANK_INDEX, greedy_tokens
 
 log = logging.getLogger(__name__)
-
-BLANK = 0  # CTC blank index; vocabulary tokens are 1..V
 
 
 @dataclass
@@ -99,7 +97,7 @@ class CTCProbe(nn.Module):
     Args:
         n_layers: hidden states per utterance.
         dim: their width E.
-        vocab: output tokens (the blank is added as index 0).
+        vocab: output tokens (the blank is added as index `BLANK_INDEX`, 0).
         cfg: `lstm_layers`, `lstm_dim`, `downsample`, `dropout` and `layer_norm` are read.
         standardizer: fixed input statistics for a single hidden state; None: no standardisation.
     """
@@ -216,7 +214,7 @@ def fit_ctc(feats: FrozenFeatures, labels: Sequence[Sequence[str]], cfg: ProbeCo
         opt, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
     order_rng = torch.Generator().manual_seed(cfg.seed)
     history = []
-    bar = tqdm(total=total_steps, unit="batch", desc=f"ctc ({len(vocab)} tokens)", disable=not progress)
+    bar = progress_bar(total=total_steps, unit="batch", desc=f"ctc ({len(vocab)} tokens)", disable=not progress)
     with torch_threads(cfg.threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # dropout masks
         model.train()
@@ -228,7 +226,7 @@ def fit_ctc(feats: FrozenFeatures, labels: Sequence[Sequence[str]], cfg: ProbeCo
                 log_probs, out_lengths = model(hidden, lengths)
                 tgt = [targets[i] for i in idx]
                 loss = F.ctc_loss(log_probs.transpose(0, 1), torch.cat(tgt), out_lengths, torch.tensor([len(t) for t in tgt]),
-                                  blank=BLANK, reduction="sum", zero_infinity=True)
+                                  blank=BLANK_INDEX, reduction="sum", zero_infinity=True)
                 n = sum(len(t) for t in tgt)
                 opt.zero_grad()
                 (loss / n).backward()
@@ -257,21 +255,7 @@ def decode(model: CTCProbe, feats: FrozenFeatures, max_frames: int = 20000, thre
         for idx in batches([h.shape[1] for h in feats.hidden], max_frames):
             hidden, lengths = _pad(feats, idx)
             log_probs, out_lengths = model(hidden, lengths)
-            for i, tokens in zip(idx, greedy_tokens(log_probs, out_lengths, ["<blank>", *model.vocab])):
+            for i, tokens in zip(idx, greedy_tokens(log_probs, out_lengths, [BLANK, *model.vocab])):
                 out[i] = tokens
     return out  # type: ignore[return-value]
 
-
-def ctc_loss(model: CTCProbe, feats: FrozenFeatures, labels: Sequence[Sequence[str]]) -> float:
-    """Mean CTC loss per target token of `model` on `feats` (tokens outside its vocabulary skipped)."""
-    index = {t: i + 1 for i, t in enumerate(model.vocab)}
-    total, tokens = 0.0, 0
-    with torch.no_grad(), torch_threads(1):
-        for idx in batches([h.shape[1] for h in feats.hidden], 20000):
-            hidden, lengths = _pad(feats, idx)
-            log_probs, out_lengths = model.eval()(hidden, lengths)
-            tgt = [torch.tensor([index[t] for t in labels[i] if t in index]) for i in idx]
-            loss = F.ctc_loss(log_probs.transpose(0, 1), torch.cat(tgt), out_lengths, torch.tensor([len(t) for t in tgt]),
-                              blank=BLANK, reduction="sum", zero_infinity=True)
-            total, tokens = total + loss.item(), tokens + sum(len(t) for t in tgt)
-    return total / max(1, tokens) if math.isfinite(total) else math.inf

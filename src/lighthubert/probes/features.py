@@ -11,11 +11,11 @@ from typing import Iterator, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from ..audio import SAMPLE_RATE, load_audio
 from ..extract import extract, finite_features, min_samples
 from ..model import HuBERT
+from ..progress import progress_bar
 from .mfcc import MFCC, MFCC_WINDOW_SECONDS, mfcc
 
 
@@ -43,7 +43,7 @@ class FrozenFeatures:
             paths: audio files.
             max_batch_seconds: padded audio per forward pass of a model.
             files_per_chunk: files held as waveforms at once.
-            progress: show a tqdm bar.
+            progress: show progress (a bar on a terminal, plain lines otherwise).
 
         Raises:
             AudioError: a file that cannot be read, is shorter than one frame or gives
@@ -51,7 +51,7 @@ class FrozenFeatures:
         """
         shortest = round(MFCC_WINDOW_SECONDS * SAMPLE_RATE) if source == MFCC else min_samples(source)
         hidden: list[Tensor] = []
-        bar = tqdm(total=len(paths), unit="file", desc="features", disable=not progress)
+        bar = progress_bar(total=len(paths), unit="file", desc="features", disable=not progress)
         for start in range(0, len(paths), files_per_chunk):
             chunk = paths[start : start + files_per_chunk]
             wavs = [load_audio(p, min_samples=shortest) for p in chunk]

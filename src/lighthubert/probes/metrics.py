@@ -13,6 +13,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+BLANK_INDEX = 0  # the CTC blank's index in every vocabulary here (its token is `model.BLANK`, "<blank>")
+
 
 def edit_distance(ref: Sequence, hyp: Sequence) -> int:
     """The fewest substitutions, insertions and deletions that turn `hyp` into `ref`.
@@ -43,10 +45,10 @@ def error_rate(refs: Sequence[Sequence], hyps: Sequence[Sequence]) -> float:
 
 def greedy_tokens(log_probs: Tensor, frames: Tensor, vocab: Sequence[str]) -> list[list[str]]:
     """(B, T, V) scores and (B,) valid frames -> each row's tokens: the best token per frame,
-    repeats merged, blanks (index 0) dropped."""
+    repeats merged, blanks (`BLANK_INDEX`) dropped."""
     best = log_probs.argmax(-1).cpu()
     out = []
     for b in range(best.size(0)):
         path = torch.unique_consecutive(best[b, : int(frames[b])]).tolist()
-        out.append([vocab[k] for k in path if k != 0])
+        out.append([vocab[k] for k in path if k != BLANK_INDEX])
     return out
