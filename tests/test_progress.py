@@ -81,6 +81,16 @@ def test_a_resumed_run_counts_its_speed_from_where_it_resumed(clock):
     assert out.getvalue() == "stage 1: 150/200 step (75.0%) [01:40<01:40,  2.00s/step]\n"
 
 
+def test_a_count_past_its_total_still_shows_figures(clock):
+    """k-means counts frames up to the end of its last file, past `total`: tqdm's formatter then
+    drops the total ("250449/? (0.0%)"); the line shows the count as complete instead."""
+    out = io.StringIO()
+    bar = progress.LineProgress(total=100, desc="k-means", unit="frame", every=50, file=out)
+    bar.update(120)
+    bar.close()
+    assert out.getvalue().startswith("k-means: 120/120 frame (100.0%)")
+
+
 def test_iterating_without_a_total_and_disabled_bars(clock):
     out = io.StringIO()
     items = []

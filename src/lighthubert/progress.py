@@ -90,7 +90,8 @@ class LineProgress:
             fmt = head + "{n_fmt}/{total_fmt} {unit} ({percentage:.1f}%) [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
         else:
             fmt = head + "{n_fmt} {unit} [{elapsed}, {rate_fmt}{postfix}]"
-        return tqdm.format_meter(self.n, self.total, time.monotonic() - self._start, unit=self.unit,
+        total = self.total and max(self.total, self.n)  # past its total (k-means' last file) tqdm would print "?/0.0%"
+        return tqdm.format_meter(self.n, total, time.monotonic() - self._start, unit=self.unit,
                                  initial=self.initial, postfix=self.postfix, bar_format=fmt)
 
     def _write(self) -> None:
