@@ -21,7 +21,7 @@ import soundfile as sf
 import torch
 import yaml
 
-from lighthubert import corpus, formats
+from lighthubert import corpus, formats, probes
 from lighthubert.manifest import manifest_frames
 from lighthubert.export import save_compact
 from lighthubert.model import HuBERT, ModelConfig
@@ -135,6 +135,21 @@ def make_front_end_supernet() -> Callable[..., LightHuBERT]:
         return randomize_(LightHuBERT(tiny_front_end_space(extractor_mode)), seed + 1).eval()
 
     return make
+
+
+@pytest.fixture
+def feature_computes(monkeypatch) -> list[int]:
+    """The number of files of each `probes.FrozenFeatures.compute` call (one upstream forward
+    pass over them): what shows that features are computed once and shared."""
+    computed: list[int] = []
+    real = probes.FrozenFeatures.compute.__func__
+
+    def counting(cls, source, paths, *args, **kwargs):
+        computed.append(len(paths))
+        return real(cls, source, paths, *args, **kwargs)
+
+    monkeypatch.setattr(probes.FrozenFeatures, "compute", classmethod(counting))
+    return computed
 
 
 def _make_wav(samples: int, seed: int = 0, batch: int = 1) -> torch.Tensor:

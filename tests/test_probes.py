@@ -203,17 +203,10 @@ def test_probe_is_deterministic_for_a_seed_and_leaves_the_global_rng_alone(small
     assert first.runs[0].train_loss != other.runs[0].train_loss
 
 
-def test_seeds_share_the_features_and_each_equals_its_own_single_seed_run(small_split, monkeypatch):
+def test_seeds_share_the_features_and_each_equals_its_own_single_seed_run(small_split, feature_computes):
     """`seeds=3` computes each manifest's features once and trains heads at seeds 3, 4, 5; each
     head is the one a single-seed run at that seed gives, and the spread is theirs."""
-    computed = []
-    real = probes.FrozenFeatures.compute.__func__
-
-    def counting(cls, source, paths, *args, **kwargs):
-        computed.append(len(paths))
-        return real(cls, source, paths, *args, **kwargs)
-
-    monkeypatch.setattr(probes.FrozenFeatures, "compute", classmethod(counting))
+    computed = feature_computes
     seeded = probes.probe(probes.MFCC, *small_split, SPEAKER, probes.ProbeConfig(epochs=5, seed=3, seeds=3))
     assert computed == [20, 12]  # train and test, once each, for three heads
     assert seeded.seeds == [3, 4, 5]

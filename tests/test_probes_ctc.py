@@ -120,16 +120,9 @@ def test_ctc_probe_learns_on_generated_audio(generated, kind, suffix):
     assert before > 0.9 and trained < 0.3 * before, (trained, before)
 
 
-def test_probe_tasks_share_features_across_phoneme_asr_and_speaker(generated, monkeypatch):
+def test_probe_tasks_share_features_across_phoneme_asr_and_speaker(generated, feature_computes):
     c, _ = generated
-    computed = []
-    real = probes.FrozenFeatures.compute.__func__
-
-    def counting(cls, source, paths, *args, **kwargs):
-        computed.append(len(paths))
-        return real(cls, source, paths, *args, **kwargs)
-
-    monkeypatch.setattr(probes.FrozenFeatures, "compute", classmethod(counting))
+    computed = feature_computes
     seeded = probes.probe_tasks(probes.MFCC, c.train, c.test, {
         "phoneme": probes.ProbeTask("phoneme"), "asr": probes.ProbeTask("asr"),
         "speaker": probes.ProbeTask("speaker-id", SPEAKER, test=c.valid)}, probes.ProbeConfig(**SMALL))
