@@ -36,7 +36,7 @@ def test_every_config_reads_with_its_stated_values():
 
 
 @pytest.mark.slow
-def test_paper_configs_run_a_step_at_full_size(train_setup, tmp_path):
+def test_paper_configs_run_a_step_at_full_size(train_setup, tmp_path, capsys):
     data = ["--train", train_setup / "train.tsv", "--valid", train_setup / "valid.tsv"]
     teacher = ["--teacher", train_setup / "teacher"]
 
@@ -45,7 +45,10 @@ def test_paper_configs_run_a_step_at_full_size(train_setup, tmp_path):
                                       *extra)]) == 0
         return tmp_path / out / "step-1.pt"
 
-    stage1 = run("distill", "stage1.yaml", "s1", *teacher, "--set=target_layers=2")
+    refused = main([str(a) for a in ("distill", "--config", CONFIGS / "stage1.yaml", *data, "--out", tmp_path / "refused",
+                                     *SMALL, *teacher, "--set=target_layers=2")])
+    assert refused == 2 and "shares no tensor shape with the teacher" in capsys.readouterr().err  # the tiny teacher
+    stage1 = run("distill", "stage1.yaml", "s1", *teacher, "--set=target_layers=2", "--set=init_from_teacher=false")
     assert lighthubert.load(stage1).cfg.embed_dim == 768
     for space in ("base", "small"):
         supernet = lighthubert.load(run("distill", f"stage2-{space}.yaml", space, *teacher, "--init", stage1,

@@ -30,9 +30,10 @@ def init_from_teacher(teacher: HuBERT, student: nn.Module) -> str:
     t, s = teacher.cfg, student.cfg
     layers_fit = any(k.startswith("encoder.layers.") for k in copied)
     if not copied or (not layers_fit and t.embed_dim > s.embed_dim):
+        fit = "cannot hold the teacher's layers" if t.embed_dim > s.embed_dim else "shares no tensor shape with the teacher"
         raise ValueError(
             f"init_from_teacher: the student (embed_dim {s.embed_dim}, heads {s.heads[0]} of {s.head_dim}, ffn_dim "
-            f"{s.ffn_dim[0]}) cannot hold the teacher's layers (embed_dim {t.embed_dim}, heads {t.heads[0]} of "
+            f"{s.ffn_dim[0]}) {fit} (embed_dim {t.embed_dim}, heads {t.heads[0]} of "
             f"{t.head_dim}, ffn_dim {t.ffn_dim[0]}, {t.depth} layers), so nothing useful would be copied; use a teacher of "
             f"the student's widths (a base-size HuBERT / WavLM / data2vec for the base space), a space whose maximum "
             f"subnet has the teacher's widths, or --set init_from_teacher=false to start from random weights")
