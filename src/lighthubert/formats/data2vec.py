@@ -94,9 +94,7 @@ def to_ours(state: dict[str, Tensor], folder: bool = False) -> tuple[dict[str, T
 def load(obj: Union[dict[str, Any], Path], source: str) -> tuple[HuBERT, list[str]]:
     """The data2vec audio teacher in a folder or a fairseq checkpoint dict: (model, dropped keys)."""
     if isinstance(obj, Path):
-        pre = obj / "preprocessor_config.json"
-        normalize = settings.read_json(pre).get("do_normalize") if pre.is_file() else None
-        cfg = read_config(settings.read_json(obj / "config.json"), normalize, folder=True)
+        cfg = read_config(settings.read_json(obj / "config.json"), transformers.processor_normalize(obj), folder=True)
         state, dropped = to_ours(transformers.read_weights(obj), folder=True)
     else:
         mcfg, task = _fairseq_model_cfg(obj)

@@ -185,6 +185,13 @@ def read_weights(path: Path) -> dict[str, Tensor]:
     raise CheckpointError(f"{path}: no weight file (model.safetensors or pytorch_model.bin) next to config.json")
 
 
+def processor_normalize(path: Path) -> Optional[bool]:
+    """The folder's feature extractor's `do_normalize` (`preprocessor_config.json`): whether the
+    model expects normalised input; None when the folder has none (the config decides)."""
+    pre = path / "preprocessor_config.json"
+    return settings.read_json(pre).get("do_normalize") if pre.is_file() else None
+
+
 def detect(obj: Union[dict[str, Any], Path]) -> bool:
     """Any folder with a config.json: so it comes after every other folder format."""
     return isinstance(obj, Path) and (obj / "config.json").is_file()
@@ -198,10 +205,6 @@ def load(path: Path, source: str) -> tuple[HuBERT, list[str]]:
             raise CheckpointError(f"{path / 'config.json'}: model_type lighthubert without its 'lighthubert' model config")
         state = {k.removeprefix("hubert."): v for k, v in read_weights(path).items()}
         return load_dense(HuBERT(settings.from_dict(ModelConfig, cfg["lighthubert"], "model")), state, source), []
-    normalize = None
-    pre = path / "preprocessor_config.json"
-    if pre.is_file():
-        normalize = settings.read_json(pre).get("do_normalize")
-    model_cfg = read_config(cfg, normalize)  # first: an unknown model_type is named before its keys
+    model_cfg = read_config(cfg, processor_normalize(path))  # first: an unknown model_type is named before its keys
     state, dropped = to_ours(read_weights(path))
     return load_dense(HuBERT(model_cfg), state, source), dropped

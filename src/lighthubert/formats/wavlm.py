@@ -85,9 +85,7 @@ def load(obj: Union[dict[str, Any], Path], source: str) -> tuple[HuBERT, list[st
     """The WavLM teacher in a folder or an authors' checkpoint dict: (model, dropped keys)."""
     folder = isinstance(obj, Path)
     if folder:
-        pre = obj / "preprocessor_config.json"
-        normalize = settings.read_json(pre).get("do_normalize") if pre.is_file() else None
-        cfg = read_config(settings.read_json(obj / "config.json"), normalize, folder=True)
+        cfg = read_config(settings.read_json(obj / "config.json"), transformers.processor_normalize(obj), folder=True)
         state, dropped = to_ours(transformers.read_weights(obj), folder=True)
     else:
         cfg = read_config(obj["cfg"])
