@@ -134,6 +134,16 @@ def gather_object(obj: object, ctx: Context) -> list:
     return out if ctx.is_main else []
 
 
+def broadcast_object(obj: object, ctx: Context) -> object:
+    """Rank 0's `obj` on every process (the others pass anything, e.g. None): for what one
+    process computes once for all, such as the digests of a run's inputs."""
+    if ctx.world_size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(ctx: Context) -> None:
     if ctx.world_size > 1:
         dist.barrier()

@@ -232,13 +232,17 @@ class Trainer:
         self._batches = None
 
     def _inputs(self) -> Inputs:
-        """What the run is made of besides its settings, by content: its identity on `--resume`."""
-        found: Inputs = {role: None if path is None else input_record(path, content_digest(path))
-                         for role, path in getattr(self.recipe, "inputs", {}).items()}  # built by hand: none
-        for role, data in (("train", self.train_set), ("valid", self.valid_set)):
-            found[role] = None if data is None else input_record(data.manifest, manifest_digest(data.manifest,
-                                                                                                data.label_file))
-        return found
+        """What the run is made of besides its settings, by content: its identity on `--resume`.
+        Rank 0 reads and hashes the files (a teacher `.pt` is hundreds of MB) and every rank gets
+        its digests, so all ranks judge a resume alike."""
+        found: Optional[Inputs] = None
+        if self.ctx.is_main:
+            found = {role: None if path is None else input_record(path, content_digest(path))
+                     for role, path in getattr(self.recipe, "inputs", {}).items()}  # built by hand: none
+            for role, data in (("train", self.train_set), ("valid", self.valid_set)):
+                found[role] = None if data is None else input_record(data.manifest, manifest_digest(data.manifest,
+                                                                                                    data.label_file))
+        return distributed.broadcast_object(found, self.ctx)  # type: ignore[return-value]
 
     def run_config(self) -> dict[str, Any]:
         """Every setting of this run: what `config.yaml` holds and `--resume` compares."""
