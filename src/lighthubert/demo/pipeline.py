@@ -20,6 +20,7 @@ from .. import checkpoint, probes, search
 from ..model import HuBERT
 from ..recipes import RunConfig
 from ..space import SubnetConfig, count_macs, count_params
+from ..supernet import LightHuBERT
 from ..trainer import Trainer
 from .config import DISTIL, MIN_SAMPLES, TEACHER, DemoConfig, budget_fraction, shape_of, space_of
 from .corpora import Tasks, prepare_data, probe_tasks
@@ -28,7 +29,7 @@ from .report import comparisons, plot, report_markdown
 log = logging.getLogger(__name__)
 
 
-def _train(run: Path, teacher: Optional[Path], data: dict[str, Path], settings: dict[str, Any],
+def train_run(run: Path, teacher: Optional[Path], data: dict[str, Path], settings: dict[str, Any],
            init: Optional[Path] = None) -> tuple[Path, dict[str, float]]:
     """One Trainer run into `run`, or its finished result: (last checkpoint, validation losses)."""
     cfg = RunConfig.from_dict(settings)
@@ -51,6 +52,20 @@ def _common(cfg: DemoConfig, steps: int) -> dict[str, Any]:
             "max_batch_samples": int(cfg.batch_seconds * 16000), "max_sample_size": int(cfg.crop_seconds * 16000),
             "min_sample_size": MIN_SAMPLES, "num_workers": 0, "log_every": 10, "valid_every": steps,
             "save_every": steps, "keep_last": 1, "device": "cpu"}
+
+
+def stage2_settings(cfg: DemoConfig, space_file: Path) -> dict[str, Any]:
+    """LightHuBERT stage 2: sandwich sampling (the max, the min and one random subnet a step)
+    over the space in `space_file`, from the stage-1 student."""
+    return {**_common(cfg, cfg.stage2_steps), **DISTIL, "stage": 2, "space": str(space_file),
+            "sampling": "sandwich", "sandwich_random": 1}
+
+
+def distilhubert_settings(cfg: DemoConfig, depth: int) -> dict[str, Any]:
+    """DistilHuBERT with 2 layers and heads for the teacher's middle, second-last and last
+    layers (`depth` of them), trained as many steps as stages 1 and 2 together."""
+    return {**_common(cfg, cfg.stage1_steps + cfg.stage2_steps), "method": "distilhubert",
+            "distil_layers": 2, "distil_targets": [depth // 2, depth - 1, depth]}
 
 
 def search_settings(cfg: DemoConfig) -> dict[str, Any]:
@@ -101,7 +116,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
         teacher_ckpt, teacher_valid, teacher_name = Path(cfg.teacher), {}, f"teacher ({Path(cfg.teacher).name})"
         shape = shape_of(checkpoint.load_teacher(teacher_ckpt).cfg)
     else:
-        teacher_ckpt, teacher_valid = _train(out / "teacher", None, data, {
+        teacher_ckpt, teacher_valid = train_run(out / "teacher", None, data, {
             **_common(cfg, cfg.teacher_steps), "method": "hubert", "model": TEACHER, "clusters": cfg.teacher_clusters,
             "mask_prob": 0.65, "mask_length": 5, "loss_on": "all"})  # unmasked frames too: keeps speaker detail
         teacher_name, shape = "teacher (HuBERT it. 1)", TEACHER
@@ -109,16 +124,12 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     space_file = out / "space.yaml"
     space_file.write_text(yaml.safe_dump(space_of(shape), sort_keys=False))
     depth = len(shape["heads"])
-    stage1, stage1_valid = _train(out / "stage1", teacher_ckpt, data, {
+    stage1, stage1_valid = train_run(out / "stage1", teacher_ckpt, data, {
         **_common(cfg, cfg.stage1_steps), **DISTIL, "stage": 1, "space": str(space_file)})
     lap("stage 1")
-    stage2, stage2_valid = _train(out / "stage2", teacher_ckpt, data, {
-        **_common(cfg, cfg.stage2_steps), **DISTIL, "stage": 2, "space": str(space_file),
-        "sampling": "sandwich", "sandwich_random": 1}, init=stage1)
+    stage2, stage2_valid = train_run(out / "stage2", teacher_ckpt, data, stage2_settings(cfg, space_file), init=stage1)
     lap("stage 2")
-    distilled, distil_valid = _train(out / "distilhubert", teacher_ckpt, data, {
-        **_common(cfg, cfg.stage1_steps + cfg.stage2_steps), "method": "distilhubert",
-        "distil_layers": 2, "distil_targets": [depth // 2, depth - 1, depth]})
+    distilled, distil_valid = train_run(out / "distilhubert", teacher_ckpt, data, distilhubert_settings(cfg, depth))
     lap("distilhubert")
 
     teacher = checkpoint.load_model(teacher_ckpt)
@@ -134,21 +145,13 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     ]
     searches = []
     for budget in cfg.budgets:
-        fraction = budget_fraction(budget)
-        limit = count_params(student.cfg) if fraction is None else int(fraction * max_params)
-        label = "DistilHuBERT's params" if fraction is None else f"{budget} of max params"
-        result = search.search(supernet, teacher, data["valid"], out / "search" / str(budget).replace("/", "_of_"),
-                               search.SearchConfig(population=cfg.population, generations=cfg.generations, seed=cfg.seed,
-                                                   max_params=limit, **search_settings(cfg)),
-                               resume=True, progress=True)
-        supernet.set_subnet(result.best)
-        searches.append({"budget": label, "max_params": limit, "history": result.history, "best": result.best.describe()})
-        rows.append({"name": f"LightHuBERT subnet, {label}", "model": supernet.export()[0], "valid_loss": result.best_loss,
-                     "subnet": result.best.describe()})
+        found, row = search_subnet(supernet, teacher, budget, count_params(student.cfg), cfg, data, out)
+        searches.append(found)
+        rows.append(row)
     lap("search")
 
     for row in rows:
-        row.update(_measure(row.pop("model"), row["name"], cfg, data, tasks, out))
+        row.update(measure(row.pop("model"), row["name"], cfg, data, tasks, out))
     lap("probes")
     report = {"rows": rows, "metrics": metric_columns(tasks),
               "searches": [{k: v for k, v in s.items() if k != "history"} for s in searches],
@@ -158,6 +161,24 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     plot(report, searches, out / "report.png")
     (out / "report.md").write_text(report_markdown(report))
     return report
+
+
+def search_subnet(supernet: LightHuBERT, teacher: HuBERT, budget: Any, student_params: int, cfg: DemoConfig,
+                  data: dict[str, Path], out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The best subnet of `supernet` within `budget` (a fraction of the max subnet's parameters,
+    or `distilhubert`: `student_params`), searched into out/search/ (resumed when there) with
+    `cfg.seed`: (the search's summary, the report row holding the exported subnet as `model`)."""
+    fraction = budget_fraction(budget)
+    limit = student_params if fraction is None else int(fraction * count_params(supernet.space.model_config(supernet.space.max())))
+    label = "DistilHuBERT's params" if fraction is None else f"{budget} of max params"
+    result = search.search(supernet, teacher, data["valid"], out / "search" / str(budget).replace("/", "_of_"),
+                           search.SearchConfig(population=cfg.population, generations=cfg.generations, seed=cfg.seed,
+                                               max_params=limit, **search_settings(cfg)),
+                           resume=True, progress=True)
+    supernet.set_subnet(result.best)
+    found = {"budget": label, "max_params": limit, "history": result.history, "best": result.best.describe()}
+    return found, {"name": f"LightHuBERT subnet, {label}", "model": supernet.export()[0], "valid_loss": result.best_loss,
+                   "subnet": result.best.describe()}
 
 
 def metric_columns(tasks: Tasks) -> list[str]:
@@ -174,7 +195,7 @@ def counts(model: HuBERT) -> dict[str, Any]:
     return {"shape": SubnetConfig.of(model.cfg).describe(), "params": count_params(model.cfg), "macs": count_macs(model.cfg)}
 
 
-def _measure(model: Union[HuBERT, str], name: str, cfg: DemoConfig, data: dict[str, Path], tasks: Tasks,
+def measure(model: Union[HuBERT, str], name: str, cfg: DemoConfig, data: dict[str, Path], tasks: Tasks,
              out: Path) -> dict[str, Any]:
     """Shape, params and MACs (counted, every run) and CPU latency and probe results (measured,
     cached in out/probes/) of one row. Each probe column holds the mean over the head seeds;

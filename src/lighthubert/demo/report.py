@@ -29,7 +29,7 @@ def spread(row: dict[str, Any], metric: str) -> Spread:
     return Spread.of(row["per_seed"][metric]) if "per_seed" in row else Spread.of([row[metric]])
 
 
-def _cell(metric: str, s: Spread) -> str:
+def cell(metric: str, s: Spread) -> str:
     """`48.6 ± 1.2%` for an error rate, `0.893 ± 0.012` for an accuracy (the mean alone for one seed)."""
     return s.format(100, 1, "%") if metric in ERROR_RATES else s.format()
 
@@ -44,7 +44,7 @@ def _table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 format_count(r["macs"]) if "macs" in r else "-",
                 f"{r['latency_ms']:.1f}" if "latency_ms" in r else "-",
                 f"{r['valid_loss']:.4f}" if r.get("valid_loss") is not None else "-"]
-        line += [_cell(m, spread(r, m)) for m in metrics]
+        line += [cell(m, spread(r, m)) for m in metrics]
         cells.append(line)
     return cols, cells
 
@@ -102,7 +102,7 @@ def verdict(metric: str, model: str, a: Spread, reference: str, b: Spread) -> st
     scale, digits, unit = (100, 1, " points") if rate else (1, 3, "")
     c = compare(a, b)
     ratio = f"; ratio {100 * a.mean / b.mean:.1f}%" if b.mean else ""
-    figures = f"{_cell(metric, a)} vs {_cell(metric, b)} ({len(a.values)} / {len(b.values)} seeds{ratio})"
+    figures = f"{cell(metric, a)} vs {cell(metric, b)} ({len(a.values)} / {len(b.values)} seeds{ratio})"
     diff = f"difference {scale * abs(c.difference):.{digits}f}{unit}"
     if c.margin is None:
         judgment, why = "not judged, one seed: no spread measured", diff

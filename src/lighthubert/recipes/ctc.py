@@ -40,6 +40,8 @@ class CTCFinetuneConfig:
     """Settings of CTC fine-tuning; defaults from fairseq's HuBERT `base_10h.yaml`."""
 
     subnet: Optional[str] = None  # for a supernet --init: default | max | min | JSON; None: the checkpoint's own
+    random_init: bool = False  # --init's shape and vocabulary with random weights (seeded): what pre-training is worth
+    feature_grad_mult: float = 0.0  # gradient scale of the conv front end; 0 freezes it (base_10h)
     freeze_encoder_steps: int = 10_000  # updates that train the head alone (fairseq freeze_finetune_updates)
     mask_prob: float = 0.75  # time-span mask start probability (masked frames get mask_emb)
     mask_length: int = 10  # time-span length in frames
@@ -57,6 +59,8 @@ class CTCFinetuneConfig:
         for name in ("mask_length", "mask_channel_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.feature_grad_mult < 0:
+            raise ValueError(f"feature_grad_mult must be >= 0, got {self.feature_grad_mult}")
         for name in ("mask_prob", "mask_channel_prob", "dropout", "activation_dropout", "final_dropout"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -107,8 +111,20 @@ class CTCRecipe:
         self.index = {t: i for i, t in enumerate(vocab)}
         encoder, cfg = checkpoint.dense_model(source)
         cfg = dataclasses.replace(cfg, pred_dim=0, dropout=s.dropout, activation_dropout=s.activation_dropout,
-                                  layerdrop=s.layerdrop, feature_grad_mult=0.0)
-        student = HuBERTCTC(cfg, vocab, s.final_dropout)
+                                  layerdrop=s.layerdrop, feature_grad_mult=s.feature_grad_mult)
+        student = HuBERTCTC(cfg, vocab, s.final_dropout)  # random weights, from the trainer's seed
+        if s.random_init:
+            if s.feature_grad_mult == 0:
+                log.warning("random_init with feature_grad_mult 0: the random conv front end never trains")
+        else:
+            self._load_weights(student, encoder, source)
+        freeze_untrained(student, masked=s.mask_prob > 0)  # a 0 feature_grad_mult: the front end stays as it is
+        log.info("fine-tuning %s (%s%s) with a CTC head over %d tokens", self.init, SubnetConfig.of(cfg).describe(),
+                 ", random weights" if s.random_init else "", len(vocab))
+        return student
+
+    def _load_weights(self, student: HuBERTCTC, encoder: HuBERT, source: HuBERT) -> None:
+        """The pre-trained encoder's weights (and a fine-tuned --init's head) into `student`."""
         state = {k: v for k, v in encoder.state_dict().items() if not k.startswith("layer_pred_heads.")}
         if isinstance(source, HuBERTCTC):
             state.update({k: v for k, v in source.state_dict().items() if k.startswith("ctc_proj.")})
@@ -116,10 +132,6 @@ class CTCRecipe:
         if unexpected or set(missing) - {"ctc_proj.weight", "ctc_proj.bias"}:
             raise safeload.CheckpointError(f"{self.init}: encoder does not fit its own shape (missing {missing[:3]}, "
                                              f"unexpected {unexpected[:3]})")
-        freeze_untrained(student, masked=s.mask_prob > 0)  # the conv front end stays as it is (feature_grad_mult 0)
-        log.info("fine-tuning %s (%s) with a CTC head over %d tokens", self.init,
-                 SubnetConfig.of(cfg).describe(), len(vocab))
-        return student
 
     def check_labels(self, dataset: AudioDataset) -> None:
         """Refuses a label token the built model cannot output, before the first step: found

@@ -1,0 +1,148 @@
+"""Does pre-training pay for CTC fine-tuning? The teacher, the stage-1 student and the same
+architecture with random weights, fine-tuned alike at several seeds, beside MFCC probes.
+
+    python benchmarks/compare_finetune.py --demo ls-4500 --out finetune [--seeds 2] [--steps 800]
+
+From a finished `lighthubert demo --librispeech` folder (`--demo`: its teacher, stage-1
+student and manifests), each initialisation is fine-tuned with `method: ctc` on the demo's
+training split (all of it, validation on its valid split) for `--steps` updates of 20 s of
+audio at each seed, then scored greedily (no LM) on its test split (`asr.score`: CER, WER):
+
+- teacher, stage 1: the recipe's defaults scaled to the run (`lr`, a frozen conv front end
+  as base_10h, the encoder frozen for the first 10% of updates so the new head settles,
+  light time and channel masks, no layerdrop);
+- random: `random_init` (the stage-1 student's shape and vocabulary, weights from the seed),
+  which has nothing to protect, so the front end trains (`feature_grad_mult` 1) and nothing
+  is frozen.
+
+References: the demo's MFCC BiLSTM CTC probe (heads on 1.5 h) and the same probe on all of
+the training audio the fine-tuning sees (computed here, at `--seeds` head seeds). Figures are
+mean ± sample sd over the seeds; comparisons use the demo's rule (`probes/spread.py`: beyond
+2 x the combined sd). Runs resume from OUT/. Writes OUT/finetune.md and OUT/finetune.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from lighthubert import asr, checkpoint, demo, probes
+from lighthubert.demo.pipeline import train_run
+from lighthubert.demo.report import cell, verdict
+from lighthubert.space import format_table
+
+INITS = ("teacher", "stage 1", "random")
+METRICS = ("CER", "WER")
+
+
+def settings(init: str, steps: int, lr: float, seed: int) -> dict[str, Any]:
+    """The fine-tuning settings of one run (docstring above)."""
+    common = {"method": "ctc", "max_steps": steps, "lr": lr, "seed": seed, "max_batch_samples": 320_000,
+              "mask_prob": 0.3, "mask_channel_prob": 0.1, "mask_channel_length": 16, "layerdrop": 0.0,
+              "valid_every": steps, "save_every": steps, "keep_last": 1, "num_workers": 0, "device": "cpu",
+              "log_every": 50}
+    if init == "random":
+        return {**common, "random_init": True, "feature_grad_mult": 1.0, "freeze_encoder_steps": 0}
+    return {**common, "freeze_encoder_steps": steps // 10}
+
+
+def finetuned(src: Path, cfg: demo.DemoConfig, out: Path, data: dict[str, Path], init: str, steps: int, lr: float,
+              seed: int) -> dict[str, Any]:
+    """One fine-tuning run (or its cached score): CER, WER and the run's seconds."""
+    run = out / f"{init.replace(' ', '')}-seed{seed}"
+    scored = run / "score.json"
+    if scored.is_file():
+        return json.loads(scored.read_text())
+    source = src / "teacher" / f"step-{cfg.teacher_steps}.pt" if init == "teacher" else \
+        src / "stage1" / f"step-{cfg.stage1_steps}.pt"
+    started = time.perf_counter()
+    last, valid = train_run(run, None, data, settings(init, steps, lr, seed), init=source)
+    seconds = time.perf_counter() - started
+    result = asr.score(checkpoint.load_model(last), data["test"], progress=True)
+    result = {"CER": result["cer"], "WER": result["wer"], "valid_loss": valid.get("ctc"), "train_seconds": round(seconds, 1),
+              "examples": result["examples"]}
+    scored.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def mfcc_all_audio(out: Path, data: dict[str, Path], seeds: int) -> dict[str, list[float]]:
+    """The MFCC BiLSTM CTC probe (the demo's settings) trained on all of the training audio."""
+    cache = out / "mfcc-all-audio.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    result = probes.probe_tasks(probes.MFCC, data["train"], data["test"], {"asr": probes.ProbeTask("asr")},
+                                probes.ProbeConfig(seed=0, seeds=seeds, train_hours=0.0), progress=True)["asr"]
+    figures = {m.upper(): list(s.values) for m, s in result.metrics.items()}
+    cache.write_text(json.dumps(figures) + "\n")
+    return figures
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--demo", required=True, help="a finished `lighthubert demo --librispeech` folder")
+    p.add_argument("--out", required=True, help="where the fine-tuning runs and the comparison go")
+    p.add_argument("--seeds", type=int, default=2, help="seeds per initialisation (default 2)")
+    p.add_argument("--steps", type=int, default=800, help="fine-tuning updates of 20 s of audio (default 800)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, tri-stage schedule (default 1e-3)")
+    args = p.parse_args()
+    src = Path(args.demo)
+    if not (src / "demo.yaml").is_file() or not (src / "report.json").is_file():
+        raise SystemExit(f"{src}: not a finished demo folder (no demo.yaml / report.json); run `lighthubert demo` first")
+    cfg = demo.DemoConfig(**{**yaml.safe_load((src / "demo.yaml").read_text()), "out": str(src)})
+    if cfg.corpus != "librispeech" or cfg.teacher:
+        raise SystemExit(f"{src}: needs a `demo --librispeech` folder with the demo's own teacher (transcripts, .ltr)")
+    if args.seeds < 1 or args.steps < 10:
+        raise SystemExit("--seeds must be >= 1 and --steps >= 10")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = demo.prepare_data(cfg, src)
+    started = time.perf_counter()
+
+    runs: dict[str, list[dict[str, Any]]] = {init: [] for init in INITS}
+    for seed in range(args.seeds):  # every init at a seed before the next seed: partial results compare
+        for init in INITS:
+            runs[init].append(finetuned(src, cfg, out, data, init, args.steps, args.lr, seed))
+    figures: dict[str, dict[str, probes.Spread]] = {}
+    mfcc_demo = next(r for r in json.loads((src / "report.json").read_text())["rows"] if r["name"].startswith("MFCC"))
+    figures["MFCC probe, 1.5 h (the demo's)"] = {m: probes.Spread.of(mfcc_demo["per_seed"][m]) for m in METRICS}
+    all_audio = mfcc_all_audio(out, data, max(args.seeds, 2))
+    figures["MFCC probe, all training audio"] = {m: probes.Spread.of(all_audio[m]) for m in METRICS}
+    for init, results in runs.items():
+        figures[f"fine-tuned from {init}"] = {m: probes.Spread.of([r[m] for r in results]) for m in METRICS}
+
+    named = {"teacher": "fine-tuned from teacher", "stage 1": "fine-tuned from stage 1", "random": "fine-tuned from random"}
+    pairs = [(named["teacher"], named["random"]), (named["stage 1"], named["random"])]
+    best = min((named["teacher"], named["stage 1"]), key=lambda k: figures[k]["CER"].mean)
+    pairs += [(best, "MFCC probe, 1.5 h (the demo's)"), (best, "MFCC probe, all training audio")]
+    said = [verdict(m, a, figures[a][m], b, figures[b][m]) for a, b in pairs for m in METRICS]
+    cols = ["model", "seeds", *METRICS, "valid CTC loss", "train s"]
+    cells = []
+    for name, f in figures.items():
+        results = runs.get(next((i for i, n in named.items() if n == name), ""), [])
+        loss = probes.Spread.of([r["valid_loss"] for r in results]).format(1, 1) if results else "-"
+        secs = f"{sum(r['train_seconds'] for r in results) / len(results):.0f}" if results else "-"
+        cells.append([name, str(len(f["CER"].values)), *[cell(m, f[m]) for m in METRICS], loss, secs])
+    md = ["# CTC fine-tuning: pre-trained against random initialisation", "",
+          f"From `{src}`; {args.steps} updates of 20 s, peak lr {args.lr:g}, seeds 0..{args.seeds - 1}; scored on "
+          f"{data['test']} (greedy, no LM). torch threads: {torch.get_num_threads()}.", "",
+          "| " + " | ".join(cols) + " |", "|---|" + "--:|" * (len(cols) - 1), *["| " + " | ".join(c) + " |" for c in cells],
+          "", "Comparisons (a difference counts beyond 2 x the combined sd):", "", *[f"- {v}" for v in said], "",
+          "Examples (reference -> hypothesis), seed 0:", "",
+          *[f"- {init}: {r} -> {h}" for init, results in runs.items() for r, h in results[0]["examples"][:1]], "",
+          f"Time: {time.perf_counter() - started:.0f} s (runs already there are reused).", ""]
+    (out / "finetune.md").write_text("\n".join(md))
+    (out / "finetune.json").write_text(json.dumps({
+        "runs": runs, "figures": {k: {m: s.to_dict() for m, s in f.items()} for k, f in figures.items()},
+        "comparisons": said, "steps": args.steps, "lr": args.lr, "seeds": args.seeds}, indent=2) + "\n")
+    print(format_table(cols, cells))
+    print("\n".join(said))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""LightHuBERT against DistilHuBERT with training noise: several training seeds of each recipe.
+
+    python benchmarks/compare_recipes.py --demo ls-4500 --out compare [--seeds 3]
+
+The paper's central claim is that a LightHuBERT subnet beats DistilHuBERT at the same size.
+One training run of each cannot say so: a model's probe figure moves with the probe-head seed
+(the demo measures that) and with the seed it was trained with (this script measures both).
+From a finished `lighthubert demo` folder (`--demo`: its teacher, stage-1 student, data and
+settings), for each training seed s (the demo's own seed and the next ones, `--seeds` in
+all) it trains stage 2 and DistilHuBERT exactly as the demo does (same steps, audio,
+schedule; seed s for weights, crops, masks and batch order), searches the supernet (seed s)
+for the subnet at DistilHuBERT's parameter count and at 1/3 of the max subnet's, and probes
+every model at the demo's probe-head seeds. The demo's own seed is the demo's folder itself,
+so its runs, searches and probes are reused; the others go to OUT/seed-S/ in the same layout,
+and a run resumes from what is there.
+
+Each model kind is then one figure over every (training seed, probe seed) pair, 9 for 3 x 3,
+mean ± sample sd, and the comparisons use the demo's rule (`probes/spread.py`: a difference
+counts beyond 2 x the combined sd): the subnet at DistilHuBERT's count against DistilHuBERT,
+and every student against the teacher (trained once, so its sd is the probe heads' only).
+Writes OUT/compare.md and OUT/compare.json and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lighthubert import checkpoint, demo, probes
+from lighthubert.demo.pipeline import (distilhubert_settings, measure, metric_columns, search_subnet, stage2_settings,
+                                       train_run)
+from lighthubert.demo.report import cell, verdict
+from lighthubert.space import SearchSpace, format_table
+
+KINDS = ("DistilHuBERT (2 layers)", "LightHuBERT subnet, DistilHuBERT's params", "LightHuBERT subnet, 1/3 of max params")
+BUDGETS = ("distilhubert", "1/3")
+
+
+def seed_rows(cfg: demo.DemoConfig, folder: Path, seed: int, data: dict[str, Path], tasks: Any) -> list[dict[str, Any]]:
+    """Stage 2 and DistilHuBERT trained with `seed` into `folder`, the two subnets searched with
+    it, and the three models probed at the demo's probe seeds: one report row per kind."""
+    run = dataclasses.replace(cfg, seed=seed)
+    src = Path(cfg.out)
+    teacher_ckpt, stage1 = src / "teacher" / f"step-{cfg.teacher_steps}.pt", src / "stage1" / f"step-{cfg.stage1_steps}.pt"
+    depth = SearchSpace.from_yaml(src / "space.yaml").model.depth
+    stage2, _ = train_run(folder / "stage2", teacher_ckpt, data, stage2_settings(run, src / "space.yaml"), init=stage1)
+    distilled, distil_valid = train_run(folder / "distilhubert", teacher_ckpt, data, distilhubert_settings(run, depth))
+    teacher, supernet = checkpoint.load_model(teacher_ckpt), checkpoint.load_model(stage2)
+    student = checkpoint.load_model(distilled).without_heads()
+    rows = [{"name": KINDS[0], "model": student, "valid_loss": distil_valid.get("student")}]
+    rows += [search_subnet(supernet, teacher, budget, demo.counts(student)["params"], run, data, folder)[1]
+             for budget in BUDGETS]
+    for row in rows:  # probes at the demo's head seeds (cfg, not run): only the training seed differs
+        row.update(measure(row.pop("model"), row["name"], cfg, data, tasks, folder))
+        row["training_seed"] = seed
+    return rows
+
+
+def pooled(rows: list[dict[str, Any]], metric: str) -> probes.Spread:
+    """One figure over every training seed's every probe seed."""
+    return probes.Spread.of([v for r in rows for v in r["per_seed"][metric]])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--demo", required=True, help="a finished `lighthubert demo` folder (its teacher, stage 1 and data)")
+    p.add_argument("--out", required=True, help="where the other training seeds' runs and the comparison go")
+    p.add_argument("--seeds", type=int, default=3, help="training seeds per recipe, the demo's own first (default 3)")
+    args = p.parse_args()
+    src = Path(args.demo)
+    if not (src / "demo.yaml").is_file() or not (src / "report.json").is_file():
+        raise SystemExit(f"{src}: not a finished demo folder (no demo.yaml / report.json); run `lighthubert demo` first")
+    if args.seeds < 1:
+        raise SystemExit(f"--seeds must be at least 1, got {args.seeds}")
+    cfg = demo.DemoConfig(**{**yaml.safe_load((src / "demo.yaml").read_text()), "out": str(src)})
+    if cfg.teacher:
+        raise SystemExit(f"{src}: a demo of a user's teacher; this script needs the demo's own teacher run")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = demo.prepare_data(cfg, src)  # the demo's manifests, already there
+    tasks = demo.probe_tasks(cfg, data)
+    metrics = metric_columns(tasks)
+    report = json.loads((src / "report.json").read_text())
+    fixed = {r["name"]: r for r in report["rows"]}
+    teacher = next(r for name, r in fixed.items() if name.startswith("teacher"))
+
+    started, runs = time.perf_counter(), []
+    for seed in range(cfg.seed, cfg.seed + args.seeds):
+        runs += seed_rows(cfg, src if seed == cfg.seed else out / f"seed-{seed}", seed, data, tasks)
+    by_kind = {kind: [r for r in runs if r["name"] == kind] for kind in KINDS}
+    figures = {kind: {m: pooled(rows, m) for m in metrics} for kind, rows in by_kind.items()}
+    figures[teacher["name"]] = {m: probes.Spread.of(teacher["per_seed"][m]) for m in metrics}
+    mfcc = fixed.get("MFCC (39-dim)")
+    if mfcc:
+        figures[mfcc["name"]] = {m: probes.Spread.of(mfcc["per_seed"][m]) for m in metrics}
+    pairs = [(KINDS[1], KINDS[0])] + [(kind, teacher["name"]) for kind in KINDS]
+    said = [verdict(m, a, figures[a][m], b, figures[b][m]) for a, b in pairs for m in metrics]
+
+    cols = ["model", "training seeds x probe seeds"] + metrics
+    cells = [[name, f"{len(by_kind.get(name, [None]))} x {cfg.probe_seeds}"] + [cell(m, f[m]) for m in metrics]
+             for name, f in figures.items()]
+    per_run = [[r["name"], str(r["training_seed"]), r["shape"]] + [cell(m, probes.Spread.of(r["per_seed"][m]))
+                                                                  for m in metrics] for r in runs]
+    md = ["# LightHuBERT vs DistilHuBERT over training seeds", "",
+          f"From `{src}` (teacher {cfg.teacher_steps} steps, stage 1 {cfg.stage1_steps}, stage 2 {cfg.stage2_steps}, "
+          f"DistilHuBERT {cfg.stage1_steps + cfg.stage2_steps}); training seeds {cfg.seed}..{cfg.seed + args.seeds - 1}, "
+          f"probe-head seeds {cfg.seed}..{cfg.seed + cfg.probe_seeds - 1}. Mean ± sample sd over every pair.", "",
+          "| " + " | ".join(cols) + " |", "|" + "|".join("---" if i < 2 else "--:" for i in range(len(cols))) + "|",
+          *["| " + " | ".join(c) + " |" for c in cells], "", "Comparisons (a difference counts beyond 2 x the combined sd):",
+          "", *[f"- {v}" for v in said], "", "Every run (mean ± sd over the probe seeds):", "",
+          "| model | training seed | shape | " + " | ".join(metrics) + " |", "|---|--:|---|" + "--:|" * len(metrics),
+          *["| " + " | ".join(c) + " |" for c in per_run], "",
+          f"Time: {time.perf_counter() - started:.0f} s (runs already there are reused).", ""]
+    (out / "compare.md").write_text("\n".join(md))
+    (out / "compare.json").write_text(json.dumps({
+        "runs": runs, "figures": {k: {m: s.to_dict() for m, s in f.items()} for k, f in figures.items()},
+        "comparisons": said, "config": dataclasses.asdict(cfg), "seeds": args.seeds}, indent=2) + "\n")
+    print(format_table(cols, cells))
+    print("\n".join(said))
+
+
+if __name__ == "__main__":
+    main()
