@@ -12,12 +12,16 @@ schedule; seed s for weights, crops, masks and batch order), searches the supern
 for the subnet at DistilHuBERT's parameter count and at 1/3 of the max subnet's, and probes
 every model at the demo's probe-head seeds. The demo's own seed is the demo's folder itself,
 so its runs, searches and probes are reused; the others go to OUT/seed-S/ in the same layout,
-and a run resumes from what is there.
+and a run resumes from what is there. With `--elastic-steps N` (default 1,200) each seed
+also trains stage 2 over the demo's space with an elastic conv front end (16-64 channels,
+layers grouped by kernel, channels sorted first; docs/model.md) from the same stage-1
+student, into OUT/seed-S/stage2-elastic, and searches it for the subnet at 1/4 of the
+teacher's MACs.
 
 Each model kind is then one figure over every (training seed, probe seed) pair, 9 for 3 x 3,
 mean ± sample sd, and the comparisons use the demo's rule (`probes/spread.py`: a difference
 counts beyond 2 x the combined sd): the subnet at DistilHuBERT's count against DistilHuBERT,
-and every student against the teacher (trained once, so its sd is the probe heads' only).
+and every student (the 1/3-of-max and the 1/4-MACs subnets too) against the teacher (trained once, so its sd is the probe heads' only).
 Writes OUT/compare.md and OUT/compare.json and prints the table.
 """
 
@@ -36,30 +40,59 @@ from lighthubert import checkpoint, demo, probes
 from lighthubert.demo.pipeline import (distilhubert_settings, measure, metric_columns, search_subnet, stage2_settings,
                                        train_run)
 from lighthubert.demo.report import cell, verdict
-from lighthubert.space import SearchSpace, format_table
+from lighthubert.space import SearchSpace, format_count, format_table
 
-KINDS = ("DistilHuBERT (2 layers)", "LightHuBERT subnet, DistilHuBERT's params", "LightHuBERT subnet, 1/3 of max params")
+KINDS = ("DistilHuBERT (2 layers)", "LightHuBERT subnet, DistilHuBERT's params", "LightHuBERT subnet, 1/3 of max params",
+         "LightHuBERT elastic-front-end subnet, 1/4 of the teacher's MACs")
 BUDGETS = ("distilhubert", "1/3")
+# The elastic front end of docs/model.md: 16-64 channels, layers grouped by kernel, channels sorted before stage 2.
+ELASTIC = {"conv_dim": [16, 32, 48, 64], "conv_groups": [[0], [1, 2, 3, 4], [5, 6]]}
+
+
+def _sources(cfg: demo.DemoConfig) -> tuple[Path, Path, int]:
+    """The demo's teacher and stage-1 checkpoints and the teacher's depth."""
+    src = Path(cfg.out)
+    depth = SearchSpace.from_yaml(src / "space.yaml").model.depth
+    return src / "teacher" / f"step-{cfg.teacher_steps}.pt", src / "stage1" / f"step-{cfg.stage1_steps}.pt", depth
+
+
+def _probed(rows: list[dict[str, Any]], cfg: demo.DemoConfig, folder: Path, seed: int, data: dict[str, Path],
+            tasks: Any) -> list[dict[str, Any]]:
+    """Each row's model probed at the demo's head seeds (cfg, not the training seed's: only the training seed differs)."""
+    for row in rows:
+        row.update(measure(row.pop("model"), row["name"], cfg, data, tasks, folder))
+        row["training_seed"] = seed
+    return rows
 
 
 def seed_rows(cfg: demo.DemoConfig, folder: Path, seed: int, data: dict[str, Path], tasks: Any) -> list[dict[str, Any]]:
     """Stage 2 and DistilHuBERT trained with `seed` into `folder`, the two subnets searched with
-    it, and the three models probed at the demo's probe seeds: one report row per kind."""
+    it, and the three models probed: one report row per kind."""
     run = dataclasses.replace(cfg, seed=seed)
-    src = Path(cfg.out)
-    teacher_ckpt, stage1 = src / "teacher" / f"step-{cfg.teacher_steps}.pt", src / "stage1" / f"step-{cfg.stage1_steps}.pt"
-    depth = SearchSpace.from_yaml(src / "space.yaml").model.depth
-    stage2, _ = train_run(folder / "stage2", teacher_ckpt, data, stage2_settings(run, src / "space.yaml"), init=stage1)
+    teacher_ckpt, stage1, depth = _sources(cfg)
+    stage2, _ = train_run(folder / "stage2", teacher_ckpt, data, stage2_settings(run, Path(cfg.out) / "space.yaml"),
+                          init=stage1)
     distilled, distil_valid = train_run(folder / "distilhubert", teacher_ckpt, data, distilhubert_settings(run, depth))
     teacher, supernet = checkpoint.load_model(teacher_ckpt), checkpoint.load_model(stage2)
     student = checkpoint.load_model(distilled).without_heads()
     rows = [{"name": KINDS[0], "model": student, "valid_loss": distil_valid.get("student")}]
     rows += [search_subnet(supernet, teacher, budget, demo.counts(student)["params"], run, data, folder)[1]
              for budget in BUDGETS]
-    for row in rows:  # probes at the demo's head seeds (cfg, not run): only the training seed differs
-        row.update(measure(row.pop("model"), row["name"], cfg, data, tasks, folder))
-        row["training_seed"] = seed
-    return rows
+    return _probed(rows, cfg, folder, seed, data, tasks)
+
+
+def elastic_rows(cfg: demo.DemoConfig, folder: Path, seed: int, data: dict[str, Path], tasks: Any, steps: int,
+                 space_file: Path) -> list[dict[str, Any]]:
+    """Stage 2 over the elastic-front-end space (`steps` sandwich steps, sorted channels) from the
+    same stage-1 student, with `seed`; the subnet at 1/4 of the teacher's MACs, searched and probed."""
+    run = dataclasses.replace(cfg, seed=seed)
+    teacher_ckpt, stage1, _ = _sources(cfg)
+    settings = {**stage2_settings(run, space_file), "max_steps": steps, "valid_every": steps, "save_every": steps,
+                "sort_conv_channels": True}
+    stage2, _ = train_run(folder / "stage2-elastic", teacher_ckpt, data, settings, init=stage1)
+    teacher, supernet = checkpoint.load_model(teacher_ckpt), checkpoint.load_model(stage2)
+    _, row = search_subnet(supernet, teacher, "1/4", 0, run, data, folder, reference_macs=demo.counts(teacher)["macs"])
+    return _probed([{**row, "name": KINDS[3]}], cfg, folder, seed, data, tasks)
 
 
 def pooled(rows: list[dict[str, Any]], metric: str) -> probes.Spread:
@@ -72,6 +105,10 @@ def main() -> None:
     p.add_argument("--demo", required=True, help="a finished `lighthubert demo` folder (its teacher, stage 1 and data)")
     p.add_argument("--out", required=True, help="where the other training seeds' runs and the comparison go")
     p.add_argument("--seeds", type=int, default=3, help="training seeds per recipe, the demo's own first (default 3)")
+    p.add_argument("--elastic-steps", type=int, default=1200,
+                   help="stage-2 steps of the elastic-front-end supernet (default 1200; 0 leaves it out)")
+    p.add_argument("--part", choices=("all", "fixed", "elastic"), default="all",
+                   help="run one part only (two processes at once); run again with all, which reuses both, for the table")
     args = p.parse_args()
     src = Path(args.demo)
     if not (src / "demo.yaml").is_file() or not (src / "report.json").is_file():
@@ -90,31 +127,41 @@ def main() -> None:
     fixed = {r["name"]: r for r in report["rows"]}
     teacher = next(r for name, r in fixed.items() if name.startswith("teacher"))
 
+    space_file = out / "space-elastic.yaml"
+    space = yaml.safe_load((src / "space.yaml").read_text())
+    space_file.write_text(yaml.safe_dump({**space, "search_space": {**space["search_space"], **ELASTIC}}, sort_keys=False))
     started, runs = time.perf_counter(), []
     for seed in range(cfg.seed, cfg.seed + args.seeds):
-        runs += seed_rows(cfg, src if seed == cfg.seed else out / f"seed-{seed}", seed, data, tasks)
+        folder = src if seed == cfg.seed else out / f"seed-{seed}"
+        if args.part in ("all", "fixed"):
+            runs += seed_rows(cfg, folder, seed, data, tasks)
+        if args.part in ("all", "elastic") and args.elastic_steps:
+            runs += elastic_rows(cfg, out / f"seed-{seed}", seed, data, tasks, args.elastic_steps, space_file)
     by_kind = {kind: [r for r in runs if r["name"] == kind] for kind in KINDS}
+    by_kind = {kind: rows for kind, rows in by_kind.items() if rows}
     figures = {kind: {m: pooled(rows, m) for m in metrics} for kind, rows in by_kind.items()}
     figures[teacher["name"]] = {m: probes.Spread.of(teacher["per_seed"][m]) for m in metrics}
     mfcc = fixed.get("MFCC (39-dim)")
     if mfcc:
         figures[mfcc["name"]] = {m: probes.Spread.of(mfcc["per_seed"][m]) for m in metrics}
-    pairs = [(KINDS[1], KINDS[0])] + [(kind, teacher["name"]) for kind in KINDS]
+    pairs = [(KINDS[1], KINDS[0])] if KINDS[0] in by_kind else []
+    pairs += [(kind, teacher["name"]) for kind in by_kind]
     said = [verdict(m, a, figures[a][m], b, figures[b][m]) for a, b in pairs for m in metrics]
 
     cols = ["model", "training seeds x probe seeds"] + metrics
     cells = [[name, f"{len(by_kind.get(name, [None]))} x {cfg.probe_seeds}"] + [cell(m, f[m]) for m in metrics]
              for name, f in figures.items()]
-    per_run = [[r["name"], str(r["training_seed"]), r["shape"]] + [cell(m, probes.Spread.of(r["per_seed"][m]))
-                                                                  for m in metrics] for r in runs]
+    per_run = [[r["name"], str(r["training_seed"]), r["shape"], f"{r['params']:,}", format_count(r["macs"])]
+               + [cell(m, probes.Spread.of(r["per_seed"][m])) for m in metrics] for r in runs]
     md = ["# LightHuBERT vs DistilHuBERT over training seeds", "",
           f"From `{src}` (teacher {cfg.teacher_steps} steps, stage 1 {cfg.stage1_steps}, stage 2 {cfg.stage2_steps}, "
-          f"DistilHuBERT {cfg.stage1_steps + cfg.stage2_steps}); training seeds {cfg.seed}..{cfg.seed + args.seeds - 1}, "
+          f"DistilHuBERT {cfg.stage1_steps + cfg.stage2_steps}, elastic stage 2 {args.elastic_steps}); training seeds {cfg.seed}..{cfg.seed + args.seeds - 1}, "
           f"probe-head seeds {cfg.seed}..{cfg.seed + cfg.probe_seeds - 1}. Mean ± sample sd over every pair.", "",
           "| " + " | ".join(cols) + " |", "|" + "|".join("---" if i < 2 else "--:" for i in range(len(cols))) + "|",
           *["| " + " | ".join(c) + " |" for c in cells], "", "Comparisons (a difference counts beyond 2 x the combined sd):",
           "", *[f"- {v}" for v in said], "", "Every run (mean ± sd over the probe seeds):", "",
-          "| model | training seed | shape | " + " | ".join(metrics) + " |", "|---|--:|---|" + "--:|" * len(metrics),
+          "| model | training seed | shape | params | MACs / 1 s | " + " | ".join(metrics) + " |",
+          "|---|--:|---|--:|--:|" + "--:|" * len(metrics),
           *["| " + " | ".join(c) + " |" for c in per_run], "",
           f"Time: {time.perf_counter() - started:.0f} s (runs already there are reused).", ""]
     (out / "compare.md").write_text("\n".join(md))

@@ -17,7 +17,7 @@ from lighthubert.audio import AudioError, normalize
 from lighthubert.extract import min_samples
 from lighthubert.losses import span_mask
 from lighthubert.model import BLANK, HuBERTCTC, ModelConfig
-from lighthubert.space import SearchSpace
+from lighthubert.space import SearchSpace, SubnetConfig
 from lighthubert.supernet import LightHuBERT
 
 from conftest import CONV
@@ -144,6 +144,29 @@ def test_finetune_learns_freezes_then_resumes_bit_identically(train_setup, tmp_p
     a = safeload.load_file(tmp_path / "straight" / "step-6.pt")["state_dict"]
     b = safeload.load_file(tmp_path / "resumed" / "step-6.pt")["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_finetune_from_random_weights_beside_a_pretrained_init(train_setup, tmp_path):
+    """random_init keeps --init's shape and vocabulary but starts from a new random draw (the
+    baseline that says what pre-training is worth); with feature_grad_mult 1 its front end
+    trains. Both runs learn; the pre-trained one ends far nearer its --init than the random one."""
+    rand_args = ("--set=random_init=true", "--set=feature_grad_mult=1.0", "--set=freeze_encoder_steps=0",
+                 "--set=valid_every=20", "--set=save_every=20")
+    assert finetune(train_setup, tmp_path / "random", 40, *rand_args) == 0
+    assert finetune(train_setup, tmp_path / "pretrained", 40, "--set=freeze_encoder_steps=0", "--set=valid_every=20") == 0
+    for run in ("random", "pretrained"):
+        valid = [r["loss"]["ctc"] for r in _log(tmp_path / run) if r["type"] == "valid"]
+        assert len(valid) == 2 and valid[1] < 0.97 * valid[0], (run, valid)  # both learn (6-7% in 20 steps here)
+    teacher = lighthubert.load(train_setup / "teacher")
+    rand, pre = lighthubert.load(tmp_path / "random" / "step-40.pt"), lighthubert.load(tmp_path / "pretrained" / "step-40.pt")
+    assert SubnetConfig.of(rand.cfg) == SubnetConfig.of(teacher.cfg) and rand.vocab == pre.vocab
+    key = "encoder.layers.1.fc2.weight"
+    start = teacher.state_dict()[key]
+    # 40 steps move the pre-trained weights about 0.3x as far as a new draw lies: a start from --init, not a draw
+    assert (pre.state_dict()[key] - start).norm() < 0.5 * (rand.state_dict()[key] - start).norm()
+    conv = "feature_extractor.conv_layers.3.conv.weight"
+    assert not torch.equal(lighthubert.load(tmp_path / "random" / "step-20.pt").state_dict()[conv], rand.state_dict()[conv])
+    assert torch.equal(pre.state_dict()[conv], teacher.state_dict()[conv])  # feature_grad_mult 0: the recipe's default
 
 
 def test_label_characters_outside_the_vocabulary_are_refused_before_any_step(train_setup, tmp_path, capsys):

@@ -164,19 +164,28 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
 
 
 def search_subnet(supernet: LightHuBERT, teacher: HuBERT, budget: Any, student_params: int, cfg: DemoConfig,
-                  data: dict[str, Path], out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The best subnet of `supernet` within `budget` (a fraction of the max subnet's parameters,
-    or `distilhubert`: `student_params`), searched into out/search/ (resumed when there) with
-    `cfg.seed`: (the search's summary, the report row holding the exported subnet as `model`)."""
+                  data: dict[str, Path], out: Path, reference_macs: Optional[int] = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The best subnet of `supernet` within `budget`, searched into out/search/ (resumed when
+    there) with `cfg.seed`: (the search's summary, the report row holding the exported subnet
+    as `model`). `budget` is a fraction of the max subnet's parameters, or `distilhubert`
+    (`student_params`); with `reference_macs`, a fraction of those MACs per second of audio
+    instead (the budget an elastic front end serves)."""
     fraction = budget_fraction(budget)
-    limit = student_params if fraction is None else int(fraction * count_params(supernet.space.model_config(supernet.space.max())))
-    label = "DistilHuBERT's params" if fraction is None else f"{budget} of max params"
-    result = search.search(supernet, teacher, data["valid"], out / "search" / str(budget).replace("/", "_of_"),
+    name = str(budget).replace("/", "_of_")
+    if reference_macs is not None:
+        if fraction is None:
+            raise ValueError("a MAC budget is a fraction of the reference's MACs, not distilhubert")
+        limits, label, name = {"max_macs": int(fraction * reference_macs)}, f"{budget} of the teacher's MACs", f"{name}_macs"
+    else:
+        max_params = count_params(supernet.space.model_config(supernet.space.max()))
+        limits = {"max_params": student_params if fraction is None else int(fraction * max_params)}
+        label = "DistilHuBERT's params" if fraction is None else f"{budget} of max params"
+    result = search.search(supernet, teacher, data["valid"], out / "search" / name,
                            search.SearchConfig(population=cfg.population, generations=cfg.generations, seed=cfg.seed,
-                                               max_params=limit, **search_settings(cfg)),
+                                               **limits, **search_settings(cfg)),
                            resume=True, progress=True)
     supernet.set_subnet(result.best)
-    found = {"budget": label, "max_params": limit, "history": result.history, "best": result.best.describe()}
+    found = {"budget": label, **limits, "history": result.history, "best": result.best.describe()}
     return found, {"name": f"LightHuBERT subnet, {label}", "model": supernet.export()[0], "valid_loss": result.best_loss,
                    "subnet": result.best.describe()}
 
