@@ -480,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the whole pipeline on a built-in corpus (or your audio) and a report",
                        description="Pre-trains a small teacher, runs LightHuBERT stage 1 and 2 on a small supernet, "
-                                   "searches it at three parameter budgets, trains DistilHuBERT with the same steps, "
+                                   "searches it at parameter budgets (three; two with --librispeech), trains DistilHuBERT with the same steps, "
                                    "probes every model, the teacher and MFCCs, and writes OUT/report.md, report.json "
                                    "and report.png. Re-running the same command resumes. Defaults: about 9.5 minutes "
                                    "on 2 CPU cores.")
