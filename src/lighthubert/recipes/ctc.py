@@ -9,6 +9,7 @@ front end frozen (`feature_grad_mult` 0), the rest of the encoder frozen for the
 `freeze_encoder_steps` updates (only the head learns), time masks with `mask_emb` and
 channel masks, layerdrop, CTC summed over tokens and averaged over utterances, Adam at lr 2e-5
 without weight decay. Utterances are padded, never cropped (a crop would cut the transcript).
+`random_init` fine-tunes the same shape from random weights: the baseline for pre-training.
 """
 
 from __future__ import annotations
