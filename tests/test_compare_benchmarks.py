@@ -75,10 +75,10 @@ def test_compare_finetune_scores_every_init_at_every_seed(tiny_demo, tmp_path, m
     out = tmp_path / "ft"
     _run("compare_finetune", monkeypatch, "--demo", str(tiny_demo), "--out", str(out), "--seeds", "2", "--steps", "10")
     report = json.loads((out / "finetune.json").read_text())
-    for init in ("teacher", "stage 1", "random"):
+    for init, label in (("teacher", "teacher"), ("stage1", "stage 1"), ("random", "random")):
         runs = report["runs"][init]
         assert len(runs) == 2 and all(0 <= r["CER"] <= 1.5 and r["valid_loss"] > 0 for r in runs)
-        assert report["figures"][f"fine-tuned from {init}"]["CER"]["values"] == [r["CER"] for r in runs]
+        assert report["figures"][f"fine-tuned from {label}"]["CER"]["values"] == [r["CER"] for r in runs]
     teacher = _weights(tiny_demo / "teacher" / "step-4.pt")
     key = "encoder.layers.0.fc1.weight"
     random0 = _weights(out / "random-seed0" / "step-10.pt")[key]
@@ -87,4 +87,5 @@ def test_compare_finetune_scores_every_init_at_every_seed(tiny_demo, tmp_path, m
     assert not torch.equal(random0, random1)  # each seed its own draw
     assert (tuned - teacher[key]).norm() < (random0 - teacher[key]).norm()  # the pre-trained run starts from the teacher
     assert len(report["figures"]["MFCC probe, all training audio"]["CER"]["values"]) == 2
-    assert len(report["comparisons"]) == 6  # teacher and stage 1 vs random, the better vs MFCC; CER and WER each
+    # teacher and stage 1 vs random, the better vs the MFCC and the frozen-teacher probes, those two: CER and WER each
+    assert len(report["comparisons"]) == 10
