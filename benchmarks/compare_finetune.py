@@ -92,6 +92,8 @@ def main() -> None:
     p.add_argument("--demo", required=True, help="a finished `lighthubert demo --librispeech` folder")
     p.add_argument("--out", required=True, help="where the fine-tuning runs and the comparison go")
     p.add_argument("--seeds", type=int, default=2, help="seeds per initialisation (default 2)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="seeds first-seed .. first-seed + seeds - 1 (default 0; to run seeds in parallel processes)")
     p.add_argument("--steps", type=int, default=800, help="fine-tuning updates of 20 s of audio (default 800)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, tri-stage schedule (default 1e-3)")
     p.add_argument("--inits", nargs="+", choices=INITS, default=list(INITS),
@@ -113,7 +115,7 @@ def main() -> None:
     started = time.perf_counter()
 
     runs: dict[str, list[dict[str, Any]]] = {init: [] for init in args.inits}
-    for seed in range(args.seeds):  # every init at a seed before the next seed: partial results compare
+    for seed in range(args.first_seed, args.first_seed + args.seeds):  # every init at a seed, then the next seed
         for init in args.inits:
             runs[init].append(finetuned(src, cfg, out, data, init, args.steps, args.lr, seed))
     figures: dict[str, dict[str, probes.Spread]] = {}
@@ -143,11 +145,12 @@ def main() -> None:
         secs = f"{sum(r['train_seconds'] for r in results) / len(results):.0f}" if results else "-"
         cells.append([name, str(len(f["CER"].values)), *[cell(m, f[m]) for m in METRICS], loss, secs])
     md = ["# CTC fine-tuning: pre-trained against random initialisation", "",
-          f"From `{src}`; {args.steps} updates of 20 s, peak lr {args.lr:g}, seeds 0..{args.seeds - 1}; scored on "
+          f"From `{src}`; {args.steps} updates of 20 s, peak lr {args.lr:g}, seeds {args.first_seed}.."
+          f"{args.first_seed + args.seeds - 1}; scored on "
           f"{data['test']} (greedy, no LM). torch threads: {torch.get_num_threads()}.", "",
           "| " + " | ".join(cols) + " |", "|---|" + "--:|" * (len(cols) - 1), *["| " + " | ".join(c) + " |" for c in cells],
           "", "Comparisons (a difference counts beyond 2 x the combined sd):", "", *[f"- {v}" for v in said], "",
-          "Examples (reference -> hypothesis), seed 0:", "",
+          "Examples (reference -> hypothesis), first seed:", "",
           *[f"- {init}: {r} -> {h}" for init, results in runs.items() for r, h in results[0]["examples"][:1]], "",
           f"Time: {time.perf_counter() - started:.0f} s (runs already there are reused).", ""]
     (out / "finetune.md").write_text("\n".join(md))
