@@ -158,7 +158,7 @@ def test_folder_split_builds_its_sets_once(tmp_path, monkeypatch):
 
 
 def _row(name, params, **per_seed):
-    """A report row as `pipeline._measure` writes it: each column's mean, sd and seeds' figures."""
+    """A report row as `pipeline.measure` writes it: each column's mean, sd and seeds' figures."""
     spreads = {m: demo.report.Spread.of(v) for m, v in per_seed.items()}
     return {"name": name, **({"params": params, "macs": 10 * params, "shape": "e8 h1 f8 x1", "latency_ms": 1.0}
                              if params else {}), "valid_loss": None, "probe_seeds": [0, 1],
