@@ -32,10 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from lighthubert import asr, checkpoint, demo, probes, transcripts
-from lighthubert.demo.pipeline import train_run
+from lighthubert.demo.pipeline import finished, train_run
 from lighthubert.demo.report import cell, verdict
 from lighthubert.space import format_table
 
@@ -100,11 +99,10 @@ def main() -> None:
                    help="initialisations to fine-tune (default all three; a subset for a one-variable experiment)")
     args = p.parse_args()
     src = Path(args.demo)
-    if not (src / "demo.yaml").is_file() or not (src / "report.json").is_file():
-        raise SystemExit(f"{src}: not a finished demo folder (no demo.yaml / report.json); run `lighthubert demo` first")
-    cfg = demo.DemoConfig(**{**yaml.safe_load((src / "demo.yaml").read_text()), "out": str(src)})
-    if cfg.teacher:
-        raise SystemExit(f"{src}: a demo of a user's teacher; this script needs the demo's own teacher run")
+    try:
+        cfg = finished(src)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     if args.seeds < 1 or args.steps < 10:
         raise SystemExit("--seeds must be >= 1 and --steps >= 10")
     data = demo.prepare_data(cfg, src)

@@ -37,8 +37,8 @@ from typing import Any
 import yaml
 
 from lighthubert import checkpoint, demo, probes
-from lighthubert.demo.pipeline import (distilhubert_settings, measure, metric_columns, search_subnet, stage2_settings,
-                                       train_run)
+from lighthubert.demo.pipeline import (distilhubert_settings, finished, measure, metric_columns, search_subnet,
+                                       stage2_settings, train_run)
 from lighthubert.demo.report import cell, verdict
 from lighthubert.space import SearchSpace, format_count, format_table
 
@@ -111,13 +111,12 @@ def main() -> None:
                    help="run one part only (two processes at once); run again with all, which reuses both, for the table")
     args = p.parse_args()
     src = Path(args.demo)
-    if not (src / "demo.yaml").is_file() or not (src / "report.json").is_file():
-        raise SystemExit(f"{src}: not a finished demo folder (no demo.yaml / report.json); run `lighthubert demo` first")
     if args.seeds < 1:
         raise SystemExit(f"--seeds must be at least 1, got {args.seeds}")
-    cfg = demo.DemoConfig(**{**yaml.safe_load((src / "demo.yaml").read_text()), "out": str(src)})
-    if cfg.teacher:
-        raise SystemExit(f"{src}: a demo of a user's teacher; this script needs the demo's own teacher run")
+    try:
+        cfg = finished(src)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = demo.prepare_data(cfg, src)  # the demo's manifests, already there

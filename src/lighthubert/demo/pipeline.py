@@ -54,6 +54,22 @@ def _common(cfg: DemoConfig, steps: int) -> dict[str, Any]:
             "save_every": steps, "keep_last": 1, "device": "cpu"}
 
 
+def finished(folder: Union[str, Path]) -> DemoConfig:
+    """The settings of a finished demo run in `folder` (demo.yaml, report.json), for work that
+    builds on its runs (benchmarks/compare_*.py); its own teacher, not a user's.
+
+    Raises:
+        ValueError: not a finished demo folder, or a demo of a user's teacher.
+    """
+    folder = Path(folder)
+    if not (folder / "demo.yaml").is_file() or not (folder / "report.json").is_file():
+        raise ValueError(f"{folder}: not a finished demo folder (no demo.yaml / report.json); run `lighthubert demo` first")
+    cfg = DemoConfig(**{**yaml.safe_load((folder / "demo.yaml").read_text()), "out": str(folder)})
+    if cfg.teacher:
+        raise ValueError(f"{folder}: a demo of a user's teacher; this needs a demo that trained its own")
+    return cfg
+
+
 def stage2_settings(cfg: DemoConfig, space_file: Path) -> dict[str, Any]:
     """LightHuBERT stage 2: sandwich sampling (the max, the min and one random subnet a step)
     over the space in `space_file`, from the stage-1 student."""
