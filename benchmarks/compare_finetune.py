@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from lighthubert import asr, checkpoint, demo, probes, transcripts
-from lighthubert.demo.pipeline import finished, train_run
+from lighthubert.demo.pipeline import finished, train_run, trained
 from lighthubert.demo.report import cell, verdict
 from lighthubert.space import format_table
 
@@ -55,15 +55,14 @@ def settings(init: str, steps: int, lr: float, seed: int) -> dict[str, Any]:
     return {**common, "freeze_encoder_steps": steps // 10}
 
 
-def finetuned(src: Path, cfg: demo.DemoConfig, out: Path, data: dict[str, Path], init: str, steps: int, lr: float,
+def finetuned(cfg: demo.DemoConfig, out: Path, data: dict[str, Path], init: str, steps: int, lr: float,
               seed: int) -> dict[str, Any]:
     """One fine-tuning run (or its cached score): CER, WER and the run's seconds."""
     run = out / f"{init}-seed{seed}"
     scored = run / "score.json"
     if scored.is_file():
         return json.loads(scored.read_text())
-    source = src / "teacher" / f"step-{cfg.teacher_steps}.pt" if init == "teacher" else \
-        src / "stage1" / f"step-{cfg.stage1_steps}.pt"
+    source = trained(cfg)["teacher" if init == "teacher" else "stage1"]  # random: the stage-1 student's shape
     started = time.perf_counter()
     last, valid = train_run(run, None, data, settings(init, steps, lr, seed), init=source)
     seconds = time.perf_counter() - started
@@ -115,22 +114,22 @@ def main() -> None:
     runs: dict[str, list[dict[str, Any]]] = {init: [] for init in args.inits}
     for seed in range(args.first_seed, args.first_seed + args.seeds):  # every init at a seed, then the next seed
         for init in args.inits:
-            runs[init].append(finetuned(src, cfg, out, data, init, args.steps, args.lr, seed))
+            runs[init].append(finetuned(cfg, out, data, init, args.steps, args.lr, seed))
+    named = {f"fine-tuned from {INITS[init]}": results for init, results in runs.items()}
     figures: dict[str, dict[str, probes.Spread]] = {}
     mfcc_demo = next(r for r in json.loads((src / "report.json").read_text())["rows"] if r["name"].startswith("MFCC"))
     if "CER" in mfcc_demo:  # the demo probed ASR (its LibriSpeech corpus)
         figures[DEMO_MFCC] = {m: probes.Spread.of(mfcc_demo["per_seed"][m]) for m in METRICS}
-    teacher = checkpoint.load_model(src / "teacher" / f"step-{cfg.teacher_steps}.pt")
+    teacher = checkpoint.load_model(trained(cfg)["teacher"])
     for name, upstream, cache in ((ALL_MFCC, probes.MFCC, "mfcc-all-audio.json"),
                                   (ALL_TEACHER, teacher, "teacher-all-audio.json")):
         per_seed = all_audio_probe(upstream, out / cache, data, max(args.seeds, 2))
         figures[name] = {m: probes.Spread.of(per_seed[m]) for m in METRICS}
-    for init, results in runs.items():
-        figures[f"fine-tuned from {INITS[init]}"] = {m: probes.Spread.of([r[m] for r in results]) for m in METRICS}
+    for name, results in named.items():
+        figures[name] = {m: probes.Spread.of([r[m] for r in results]) for m in METRICS}
 
-    named = {init: f"fine-tuned from {INITS[init]}" for init in args.inits}
-    pretrained = [named[i] for i in ("teacher", "stage1") if i in named]
-    pairs = [(p, named["random"]) for p in pretrained if "random" in named]
+    pretrained = [f"fine-tuned from {INITS[i]}" for i in ("teacher", "stage1") if i in runs]
+    pairs = [(p, f"fine-tuned from {INITS['random']}") for p in pretrained if "random" in runs]
     best = min(pretrained, key=lambda k: figures[k]["CER"].mean) if pretrained else None
     pairs += [(best, ref) for ref in (DEMO_MFCC, ALL_MFCC, ALL_TEACHER) if best and ref in figures]
     pairs += [(ALL_TEACHER, ALL_MFCC)]
@@ -138,7 +137,7 @@ def main() -> None:
     cols = ["model", "seeds", *METRICS, "valid CTC loss", "train s"]
     cells = []
     for name, f in figures.items():
-        results = runs.get(next((i for i, n in named.items() if n == name), ""), [])
+        results = named.get(name, [])
         loss = probes.Spread.of([r["valid_loss"] for r in results]).format(1, 1) if results else "-"
         secs = f"{sum(r['train_seconds'] for r in results) / len(results):.0f}" if results else "-"
         cells.append([name, str(len(f["CER"].values)), *[cell(m, f[m]) for m in METRICS], loss, secs])

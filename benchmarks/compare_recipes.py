@@ -38,22 +38,16 @@ import yaml
 
 from lighthubert import checkpoint, demo, probes
 from lighthubert.demo.pipeline import (distilhubert_settings, finished, measure, metric_columns, search_subnet,
-                                       stage2_settings, train_run)
+                                       stage2_settings, train_run, trained)
 from lighthubert.demo.report import cell, verdict
-from lighthubert.space import SearchSpace, format_count, format_table
+from lighthubert.model import HuBERT
+from lighthubert.space import count_macs, count_params, format_count, format_table
 
 KINDS = ("DistilHuBERT (2 layers)", "LightHuBERT subnet, DistilHuBERT's params", "LightHuBERT subnet, 1/3 of max params",
          "LightHuBERT elastic-front-end subnet, 1/4 of the teacher's MACs")
 BUDGETS = ("distilhubert", "1/3")
 # The elastic front end of docs/model.md: 16-64 channels, layers grouped by kernel, channels sorted before stage 2.
 ELASTIC = {"conv_dim": [16, 32, 48, 64], "conv_groups": [[0], [1, 2, 3, 4], [5, 6]]}
-
-
-def _sources(cfg: demo.DemoConfig) -> tuple[Path, Path, int]:
-    """The demo's teacher and stage-1 checkpoints and the teacher's depth."""
-    src = Path(cfg.out)
-    depth = SearchSpace.from_yaml(src / "space.yaml").model.depth
-    return src / "teacher" / f"step-{cfg.teacher_steps}.pt", src / "stage1" / f"step-{cfg.stage1_steps}.pt", depth
 
 
 def _probed(rows: list[dict[str, Any]], cfg: demo.DemoConfig, folder: Path, seed: int, data: dict[str, Path],
@@ -65,33 +59,32 @@ def _probed(rows: list[dict[str, Any]], cfg: demo.DemoConfig, folder: Path, seed
     return rows
 
 
-def seed_rows(cfg: demo.DemoConfig, folder: Path, seed: int, data: dict[str, Path], tasks: Any) -> list[dict[str, Any]]:
+def seed_rows(cfg: demo.DemoConfig, teacher: HuBERT, folder: Path, seed: int, data: dict[str, Path],
+              tasks: Any) -> list[dict[str, Any]]:
     """Stage 2 and DistilHuBERT trained with `seed` into `folder`, the two subnets searched with
     it, and the three models probed: one report row per kind."""
-    run = dataclasses.replace(cfg, seed=seed)
-    teacher_ckpt, stage1, depth = _sources(cfg)
-    stage2, _ = train_run(folder / "stage2", teacher_ckpt, data, stage2_settings(run, Path(cfg.out) / "space.yaml"),
-                          init=stage1)
-    distilled, distil_valid = train_run(folder / "distilhubert", teacher_ckpt, data, distilhubert_settings(run, depth))
-    teacher, supernet = checkpoint.load_model(teacher_ckpt), checkpoint.load_model(stage2)
-    student = checkpoint.load_model(distilled).without_heads()
+    run, ckpt = dataclasses.replace(cfg, seed=seed), trained(cfg)
+    stage2, _ = train_run(folder / "stage2", ckpt["teacher"], data, stage2_settings(run, Path(cfg.out) / "space.yaml"),
+                          init=ckpt["stage1"])
+    distilled, distil_valid = train_run(folder / "distilhubert", ckpt["teacher"], data,
+                                        distilhubert_settings(run, teacher.cfg.depth))
+    supernet, student = checkpoint.load_model(stage2), checkpoint.load_model(distilled).without_heads()
     rows = [{"name": KINDS[0], "model": student, "valid_loss": distil_valid.get("student")}]
-    rows += [search_subnet(supernet, teacher, budget, demo.counts(student)["params"], run, data, folder)[1]
+    rows += [search_subnet(supernet, teacher, budget, count_params(student.cfg), run, data, folder)[1]
              for budget in BUDGETS]
     return _probed(rows, cfg, folder, seed, data, tasks)
 
 
-def elastic_rows(cfg: demo.DemoConfig, folder: Path, seed: int, data: dict[str, Path], tasks: Any, steps: int,
-                 space_file: Path) -> list[dict[str, Any]]:
+def elastic_rows(cfg: demo.DemoConfig, teacher: HuBERT, folder: Path, seed: int, data: dict[str, Path], tasks: Any,
+                 steps: int, space_file: Path) -> list[dict[str, Any]]:
     """Stage 2 over the elastic-front-end space (`steps` sandwich steps, sorted channels) from the
     same stage-1 student, with `seed`; the subnet at 1/4 of the teacher's MACs, searched and probed."""
-    run = dataclasses.replace(cfg, seed=seed)
-    teacher_ckpt, stage1, _ = _sources(cfg)
+    run, ckpt = dataclasses.replace(cfg, seed=seed), trained(cfg)
     settings = {**stage2_settings(run, space_file), "max_steps": steps, "valid_every": steps, "save_every": steps,
                 "sort_conv_channels": True}
-    stage2, _ = train_run(folder / "stage2-elastic", teacher_ckpt, data, settings, init=stage1)
-    teacher, supernet = checkpoint.load_model(teacher_ckpt), checkpoint.load_model(stage2)
-    _, row = search_subnet(supernet, teacher, "1/4", 0, run, data, folder, reference_macs=demo.counts(teacher)["macs"])
+    stage2, _ = train_run(folder / "stage2-elastic", ckpt["teacher"], data, settings, init=ckpt["stage1"])
+    _, row = search_subnet(checkpoint.load_model(stage2), teacher, "1/4", 0, run, data, folder,
+                           reference_macs=count_macs(teacher.cfg))
     return _probed([{**row, "name": KINDS[3]}], cfg, folder, seed, data, tasks)
 
 
@@ -129,13 +122,15 @@ def main() -> None:
     space_file = out / "space-elastic.yaml"
     space = yaml.safe_load((src / "space.yaml").read_text())
     space_file.write_text(yaml.safe_dump({**space, "search_space": {**space["search_space"], **ELASTIC}}, sort_keys=False))
+    teacher_model = checkpoint.load_model(trained(cfg)["teacher"])
     started, runs = time.perf_counter(), []
     for seed in range(cfg.seed, cfg.seed + args.seeds):
         folder = src if seed == cfg.seed else out / f"seed-{seed}"
         if args.part in ("all", "fixed"):
-            runs += seed_rows(cfg, folder, seed, data, tasks)
+            runs += seed_rows(cfg, teacher_model, folder, seed, data, tasks)
         if args.part in ("all", "elastic") and args.elastic_steps:
-            runs += elastic_rows(cfg, out / f"seed-{seed}", seed, data, tasks, args.elastic_steps, space_file)
+            runs += elastic_rows(cfg, teacher_model, out / f"seed-{seed}", seed, data, tasks, args.elastic_steps,
+                                 space_file)
     by_kind = {kind: [r for r in runs if r["name"] == kind] for kind in KINDS}
     by_kind = {kind: rows for kind, rows in by_kind.items() if rows}
     figures = {kind: {m: pooled(rows, m) for m in metrics} for kind, rows in by_kind.items()}

@@ -70,6 +70,13 @@ def finished(folder: Union[str, Path]) -> DemoConfig:
     return cfg
 
 
+def trained(cfg: DemoConfig) -> dict[str, Path]:
+    """The last checkpoints of a finished demo run's teacher and stage-1 student (`teacher`, `stage1`)."""
+    out = Path(cfg.out)
+    return {"teacher": out / "teacher" / f"step-{cfg.teacher_steps}.pt",
+            "stage1": out / "stage1" / f"step-{cfg.stage1_steps}.pt"}
+
+
 def stage2_settings(cfg: DemoConfig, space_file: Path) -> dict[str, Any]:
     """LightHuBERT stage 2: sandwich sampling (the max, the min and one random subnet a step)
     over the space in `space_file`, from the stage-1 student."""
